@@ -1,0 +1,194 @@
+//! The command line, as clap types.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Kiln: sandboxes, previews, releases and deployments for generated apps.
+#[derive(Debug, Parser)]
+#[command(name = "kiln", version)]
+pub struct Cli {
+    /// Print machine-readable JSON.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// API URL (default: from `kiln login` / `kiln up`).
+    #[arg(long, global = true, env = "KILN_API_URL")]
+    pub api: Option<String>,
+    /// API token (default: from `kiln login` / `kiln up`).
+    #[arg(long, global = true, env = "KILN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// The verb.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The verbs.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start the whole platform in this process on the embedded defaults.
+    Up(UpArgs),
+    /// Remember an API URL and token for later commands.
+    Login {
+        /// API URL, e.g. http://127.0.0.1:7070.
+        #[arg(long)]
+        url: String,
+        /// API token.
+        #[arg(long)]
+        token: String,
+    },
+    /// Orgs (operator token).
+    #[command(subcommand)]
+    Orgs(OrgsCommand),
+    /// Apps.
+    #[command(subcommand)]
+    Apps(AppsCommand),
+    /// Sandboxes: the editable machines of apps.
+    #[command(subcommand)]
+    Sandbox(SandboxCommand),
+    /// Nodes and their drivers.
+    Nodes,
+}
+
+/// `kiln up`.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "KILN_CONFIG_FILE")]
+    pub config: Option<PathBuf>,
+    /// Check the configuration and exit.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+/// `kiln orgs …`.
+#[derive(Debug, Subcommand)]
+pub enum OrgsCommand {
+    /// Create an org.
+    Create {
+        /// Human name.
+        name: String,
+        /// DNS label.
+        #[arg(long)]
+        slug: String,
+        /// Base domain of its apps.
+        #[arg(long)]
+        base_domain: String,
+    },
+    /// Show an org.
+    Show {
+        /// Id or slug.
+        org: String,
+    },
+    /// Issue an API token of an org (shown once).
+    Token {
+        /// Id or slug.
+        org: String,
+        /// Token name.
+        #[arg(long)]
+        name: String,
+    },
+}
+
+/// `kiln apps …`.
+#[derive(Debug, Subcommand)]
+pub enum AppsCommand {
+    /// Create an app.
+    Create {
+        /// Human name.
+        name: String,
+        /// DNS label (derived from the name when absent).
+        #[arg(long)]
+        slug: Option<String>,
+    },
+    /// List apps.
+    List,
+    /// Show an app and its URLs.
+    Show {
+        /// Id or slug.
+        app: String,
+    },
+    /// Delete an app and its sandboxes.
+    Delete {
+        /// Id or slug.
+        app: String,
+    },
+}
+
+/// `kiln sandbox …`.
+#[derive(Debug, Subcommand)]
+pub enum SandboxCommand {
+    /// Create a sandbox for an app and wait until it runs.
+    Create {
+        /// App id or slug.
+        app: String,
+        /// Memory limit in MiB.
+        #[arg(long)]
+        memory_mib: Option<u32>,
+        /// Virtual CPUs.
+        #[arg(long)]
+        vcpus: Option<u32>,
+        /// Environment, KEY=VALUE (repeatable).
+        #[arg(long = "env", value_name = "KEY=VALUE")]
+        env: Vec<String>,
+    },
+    /// List an app's sandboxes.
+    List {
+        /// App id or slug.
+        app: String,
+    },
+    /// Run a command in a sandbox, streaming its output; exits with its exit code.
+    Exec {
+        /// Sandbox id.
+        sandbox: String,
+        /// Working directory relative to the workspace.
+        #[arg(long)]
+        cwd: Option<String>,
+        /// Kill the command after this many seconds.
+        #[arg(long)]
+        timeout: Option<u64>,
+        /// The command.
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Copy a file: `LOCAL SBX:PATH` uploads, `SBX:PATH LOCAL` downloads.
+    Cp {
+        /// Source.
+        from: String,
+        /// Destination.
+        to: String,
+    },
+    /// Start a supervised process (e.g. the dev server).
+    Run {
+        /// Sandbox id.
+        sandbox: String,
+        /// Process name.
+        #[arg(long)]
+        name: String,
+        /// Port it serves.
+        #[arg(long)]
+        port: Option<u16>,
+        /// The command.
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// List supervised processes.
+    Ps {
+        /// Sandbox id.
+        sandbox: String,
+    },
+    /// Print a supervised process's log.
+    Logs {
+        /// Sandbox id.
+        sandbox: String,
+        /// Process name.
+        name: String,
+        /// Keep printing new output.
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Delete a sandbox and its workspace.
+    Delete {
+        /// Sandbox id.
+        sandbox: String,
+    },
+}

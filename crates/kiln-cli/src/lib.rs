@@ -1,0 +1,1 @@
+//! The kiln command: starts the platform and drives its API.

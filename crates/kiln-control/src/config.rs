@@ -1,0 +1,309 @@
+//! Configuration of `kiln up`: a TOML file read into [`RawConfig`], `KILN_*` variables on
+//! top (the variables win), validated once into [`Config`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The TOML file as written by an operator. Every field is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Store, artifacts, objects, machine state.
+    pub data_dir: Option<PathBuf>,
+    /// Control-plane API listen address.
+    pub api_addr: Option<String>,
+    /// Edge HTTP listen address.
+    pub edge_http_addr: Option<String>,
+    /// Edge HTTPS listen address.
+    pub edge_https_addr: Option<String>,
+    /// S3-compatible endpoint listen address.
+    pub s3_addr: Option<String>,
+    /// Base domain of the default org.
+    pub base_domain: Option<String>,
+    /// Machine driver: `process`, `qemu` or `firecracker`.
+    pub runtime: Option<String>,
+    /// The operator token (value).
+    pub operator_token: Option<String>,
+    /// A file holding the operator token.
+    pub operator_token_file: Option<PathBuf>,
+    /// `sqlite://…` or `postgres://…`.
+    pub database_url: Option<String>,
+    /// Where built images are kept (may be shared between data dirs).
+    pub images_dir: Option<PathBuf>,
+    /// Where the `kiln-guest` and `kiln-launch` binaries are.
+    pub bin_dir: Option<PathBuf>,
+    /// Machine network.
+    #[serde(default)]
+    pub network: RawNetwork,
+    /// Size limits.
+    #[serde(default)]
+    pub limits: RawLimits,
+}
+
+/// `[network]` of the TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNetwork {
+    /// IPv4 CIDR that machine addresses come from.
+    pub subnet: Option<String>,
+    /// Whether machines may reach the internet (NAT).
+    pub egress: Option<bool>,
+}
+
+/// `[limits]` of the TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Largest file accepted by a sandbox file write, in bytes.
+    pub max_file_bytes: Option<u64>,
+    /// Default memory of a sandbox in MiB.
+    pub sandbox_memory_mib: Option<u32>,
+    /// Default vCPUs of a sandbox.
+    pub sandbox_vcpus: Option<u32>,
+    /// Most processes (and threads) in one machine.
+    pub machine_pids_max: Option<u32>,
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// API listen address.
+    pub api_addr: SocketAddr,
+    /// Edge HTTP listen address.
+    pub edge_http_addr: SocketAddr,
+    /// Edge HTTPS listen address.
+    pub edge_https_addr: SocketAddr,
+    /// S3 endpoint listen address.
+    pub s3_addr: SocketAddr,
+    /// Base domain of the default org.
+    pub base_domain: String,
+    /// Requested driver; `None` picks the best available.
+    pub runtime: Option<String>,
+    /// Operator token given by the operator, if any.
+    pub operator_token: Option<String>,
+    /// Metadata store URL.
+    pub database_url: String,
+    /// Image cache.
+    pub images_dir: PathBuf,
+    /// Directory of the helper binaries.
+    pub bin_dir: PathBuf,
+    /// Machine subnet, as CIDR text.
+    pub subnet: String,
+    /// Whether machines may reach the internet.
+    pub egress: bool,
+    /// Largest sandbox file write.
+    pub max_file_bytes: u64,
+    /// Default sandbox memory.
+    pub sandbox_memory_mib: u32,
+    /// Default sandbox vCPUs.
+    pub sandbox_vcpus: u32,
+    /// Most processes per machine.
+    pub machine_pids_max: u32,
+}
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML of the expected shape.
+    #[error("config file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: toml::de::Error,
+    },
+    /// A value is invalid.
+    #[error("{name}: {detail}")]
+    Invalid {
+        /// The setting (TOML key or variable).
+        name: &'static str,
+        /// What to fix.
+        detail: String,
+    },
+}
+
+impl Config {
+    /// Reads the file (if any), applies `KILN_*` variables from `env`, validates.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let raw = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                    path: path.to_owned(),
+                    source,
+                })?
+            }
+            None => RawConfig::default(),
+        };
+        Self::from_raw(raw, env)
+    }
+
+    fn from_raw(raw: RawConfig, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let data_dir = env("KILN_DATA_DIR")
+            .map(PathBuf::from)
+            .or(raw.data_dir)
+            .unwrap_or_else(|| default_data_dir(&env));
+        let addr = |var: &'static str, file: Option<String>, default: &str| {
+            let text = env(var).or(file).unwrap_or_else(|| default.to_owned());
+            text.parse::<SocketAddr>().map_err(|_| ConfigError::Invalid {
+                name: var,
+                detail: format!("`{text}` is not an address: use IP:PORT, e.g. 127.0.0.1:7070"),
+            })
+        };
+        let operator_token = match env("KILN_OPERATOR_TOKEN").or(raw.operator_token) {
+            Some(token) => Some(token),
+            None => match raw.operator_token_file {
+                Some(path) => Some(
+                    std::fs::read_to_string(&path)
+                        .map_err(|source| ConfigError::Read { path, source })?
+                        .trim()
+                        .to_owned(),
+                ),
+                None => None,
+            },
+        };
+        let runtime = env("KILN_RUNTIME").or(raw.runtime);
+        if let Some(r) = &runtime
+            && !matches!(r.as_str(), "process" | "qemu" | "firecracker")
+        {
+            return Err(ConfigError::Invalid {
+                name: "KILN_RUNTIME",
+                detail: format!("`{r}` is not a driver: use process, qemu or firecracker"),
+            });
+        }
+        let base_domain = env("KILN_BASE_DOMAIN")
+            .or(raw.base_domain)
+            .unwrap_or_else(|| "localhost".to_owned());
+        crate::validate::domain("base_domain", &base_domain).map_err(|e| ConfigError::Invalid {
+            name: "KILN_BASE_DOMAIN",
+            detail: e.problem().detail,
+        })?;
+        let database_url = env("KILN_DATABASE_URL")
+            .or(raw.database_url)
+            .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("kiln.db").display()));
+        let bin_dir = env("KILN_BIN_DIR")
+            .map(PathBuf::from)
+            .or(raw.bin_dir)
+            .or_else(|| {
+                std::env::current_exe()
+                    .ok()
+                    .and_then(|exe| exe.parent().map(Path::to_owned))
+            })
+            .unwrap_or_else(|| PathBuf::from("/usr/local/bin"));
+        let egress = match env("KILN_NETWORK_EGRESS") {
+            Some(v) => parse_bool("KILN_NETWORK_EGRESS", &v)?,
+            None => raw.network.egress.unwrap_or(true),
+        };
+        Ok(Config {
+            api_addr: addr("KILN_API_ADDR", raw.api_addr, "127.0.0.1:7070")?,
+            edge_http_addr: addr("KILN_EDGE_HTTP_ADDR", raw.edge_http_addr, "127.0.0.1:8080")?,
+            edge_https_addr: addr("KILN_EDGE_HTTPS_ADDR", raw.edge_https_addr, "127.0.0.1:8443")?,
+            s3_addr: addr("KILN_S3_ADDR", raw.s3_addr, "127.0.0.1:7090")?,
+            base_domain,
+            runtime,
+            operator_token,
+            database_url,
+            images_dir: env("KILN_IMAGES_DIR")
+                .map(PathBuf::from)
+                .or(raw.images_dir)
+                .unwrap_or_else(|| data_dir.join("images")),
+            bin_dir,
+            subnet: env("KILN_NETWORK_SUBNET")
+                .or(raw.network.subnet)
+                .unwrap_or_else(|| "10.88.0.0/16".to_owned()),
+            egress,
+            max_file_bytes: raw.limits.max_file_bytes.unwrap_or(100 << 20),
+            sandbox_memory_mib: raw.limits.sandbox_memory_mib.unwrap_or(1024),
+            sandbox_vcpus: raw.limits.sandbox_vcpus.unwrap_or(1),
+            machine_pids_max: raw.limits.machine_pids_max.unwrap_or(1024),
+            data_dir,
+        })
+    }
+}
+
+fn parse_bool(name: &'static str, value: &str) -> Result<bool, ConfigError> {
+    match value {
+        "1" | "true" | "yes" => Ok(true),
+        "0" | "false" | "no" => Ok(false),
+        _ => Err(ConfigError::Invalid {
+            name,
+            detail: format!("`{value}` is not a boolean: use true or false"),
+        }),
+    }
+}
+
+/// `/var/lib/kiln` for root, `~/.local/share/kiln` for anyone else.
+fn default_data_dir(env: &impl Fn(&str) -> Option<String>) -> PathBuf {
+    if nix_is_root() {
+        return PathBuf::from("/var/lib/kiln");
+    }
+    match env("HOME") {
+        Some(home) => PathBuf::from(home).join(".local/share/kiln"),
+        None => PathBuf::from("/var/lib/kiln"),
+    }
+}
+
+fn nix_is_root() -> bool {
+    // The owner of /proc/self is the effective uid; avoids an unsafe geteuid call.
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+    }
+
+    #[test]
+    fn variables_win_over_the_file() {
+        let raw: RawConfig = toml::from_str(
+            "api_addr = \"127.0.0.1:1000\"\nbase_domain = \"file.test\"\n[network]\negress = false\n",
+        )
+        .expect("valid toml");
+        let cfg = Config::from_raw(raw, env_of(&[("KILN_API_ADDR", "127.0.0.1:2000"), ("KILN_DATA_DIR", "/d")]))
+            .expect("valid config");
+        assert_eq!(cfg.api_addr.port(), 2000);
+        assert_eq!(cfg.base_domain, "file.test");
+        assert!(!cfg.egress);
+        assert_eq!(cfg.database_url, "sqlite:///d/kiln.db");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let err = Config::from_raw(RawConfig::default(), env_of(&[("KILN_API_ADDR", "nope")]))
+            .expect_err("bad address");
+        assert!(err.to_string().contains("KILN_API_ADDR"), "{err}");
+        let err = Config::from_raw(RawConfig::default(), env_of(&[("KILN_RUNTIME", "docker")]))
+            .expect_err("bad runtime");
+        assert!(err.to_string().contains("process, qemu or firecracker"), "{err}");
+        assert!(toml::from_str::<RawConfig>("apii_addr = \"x\"").is_err());
+    }
+}

@@ -1,0 +1,55 @@
+//! The HTTP front end: one route table, one file per resource. Handlers authorize,
+//! extract, call one [`Service`] method and serialize; nothing else.
+
+mod apps;
+mod extract;
+mod openapi;
+mod orgs;
+mod sandboxes;
+
+use axum::Router;
+use axum::routing::{get, post};
+
+use crate::error::ApiError;
+use crate::service::Service;
+
+pub use extract::ApiJson;
+
+/// The whole API, read top to bottom.
+pub fn router(service: Service) -> Router {
+    Router::new()
+        .route("/v1/health", get(orgs::health))
+        .route("/v1/openapi.json", get(openapi::document))
+        .route("/v1/orgs", post(orgs::create))
+        .route("/v1/orgs/{org}", get(orgs::get).patch(orgs::update))
+        .route("/v1/orgs/{org}/tokens", post(orgs::create_token))
+        .route("/v1/nodes", get(orgs::nodes))
+        .route("/v1/apps", post(apps::create).get(apps::list))
+        .route("/v1/apps/{app}", get(apps::get).delete(apps::delete))
+        .route("/v1/apps/{app}/sandboxes", post(sandboxes::create).get(sandboxes::list))
+        .route("/v1/sandboxes/{sbx}", get(sandboxes::get).delete(sandboxes::delete))
+        .route("/v1/sandboxes/{sbx}/exec", post(sandboxes::exec))
+        .route("/v1/sandboxes/{sbx}/files/", get(sandboxes::list_root))
+        .route(
+            "/v1/sandboxes/{sbx}/files/{*path}",
+            get(sandboxes::get_file).put(sandboxes::put_file).delete(sandboxes::delete_file),
+        )
+        .route("/v1/sandboxes/{sbx}/processes", post(sandboxes::start_process).get(sandboxes::list_processes))
+        .route("/v1/sandboxes/{sbx}/processes/{name}", axum::routing::delete(sandboxes::stop_process))
+        .route("/v1/sandboxes/{sbx}/processes/{name}/logs", get(sandboxes::process_logs))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(service)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found_detail("no such endpoint: see /v1/openapi.json for the API")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new_status(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "this endpoint does not take that method: see /v1/openapi.json",
+    )
+}

@@ -1,0 +1,25 @@
+//! The machine-readable form of the API, served at `/v1/openapi.json`.
+
+use axum::Json;
+use utoipa::OpenApi;
+
+use super::{apps, orgs, sandboxes};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Kiln API", version = "1"),
+    paths(
+        orgs::health, orgs::create, orgs::get, orgs::update, orgs::create_token, orgs::nodes,
+        apps::create, apps::list, apps::get, apps::delete,
+        sandboxes::create, sandboxes::list, sandboxes::get, sandboxes::delete, sandboxes::exec,
+        sandboxes::get_file, sandboxes::put_file, sandboxes::delete_file,
+        sandboxes::start_process, sandboxes::list_processes, sandboxes::stop_process, sandboxes::process_logs,
+    ),
+    components(schemas(kiln_api::Problem, kiln_api::sandboxes::ExecEvent))
+)]
+struct ApiDoc;
+
+/// The OpenAPI document.
+pub async fn document() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}

@@ -1,0 +1,156 @@
+//! The sandbox reconciler: drives machines toward the stored intent. Every step is
+//! idempotent, so a crash anywhere, a restart or a retry converges to the same state.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kiln_runtime::MachineSpec;
+use kiln_store::{Desired, SandboxRecord};
+use tokio_util::sync::CancellationToken;
+
+use crate::service::Service;
+use crate::service::sandboxes_env;
+
+/// How often machines are health-checked when nothing else wakes the loop.
+const RESYNC: Duration = Duration::from_secs(2);
+
+/// Runs until `shutdown` is cancelled.
+pub async fn run(service: Service, shutdown: CancellationToken) {
+    let in_flight = Arc::new(Mutex::new(HashSet::<String>::new()));
+    loop {
+        if let Err(e) = pass(&service, &in_flight).await {
+            tracing::warn!(error = %e, "reconcile pass failed; retrying");
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = service.reconciler_woken() => {}
+            () = tokio::time::sleep(RESYNC) => {}
+        }
+    }
+}
+
+async fn pass(service: &Service, in_flight: &Arc<Mutex<HashSet<String>>>) -> Result<(), kiln_store::StoreError> {
+    for record in service.store().list_all_sandboxes().await? {
+        let needs_work = match record.desired {
+            Desired::Deleted => true,
+            Desired::Running => match record.status.as_str() {
+                "failed" => false,
+                "running" => match service.machines().get(&record.id) {
+                    Some(machine) => machine.agent.health().await.is_err(),
+                    None => true,
+                },
+                _ => true,
+            },
+        };
+        if !needs_work {
+            continue;
+        }
+        // One task per sandbox at a time, so twenty creates boot side by side.
+        if !in_flight.lock().expect("in-flight lock is never poisoned").insert(record.id.clone()) {
+            continue;
+        }
+        let service = service.clone();
+        let in_flight = in_flight.clone();
+        tokio::spawn(async move {
+            let id = record.id.clone();
+            converge(&service, record).await;
+            in_flight.lock().expect("in-flight lock is never poisoned").remove(&id);
+            service.notify_change();
+        });
+    }
+    Ok(())
+}
+
+async fn converge(service: &Service, record: SandboxRecord) {
+    let store = service.store();
+    match record.desired {
+        Desired::Deleted => {
+            service.machines().remove(&record.id);
+            if let Err(e) = service.driver().destroy(&record.id).await {
+                tracing::warn!(sandbox = %record.id, error = %e, "destroying machine failed; will retry");
+                return;
+            }
+            if let Err(e) = store.purge_sandbox(&record.id).await {
+                tracing::warn!(sandbox = %record.id, error = %e, "purging sandbox failed; will retry");
+            }
+        }
+        Desired::Running => {
+            if record.status == "running" {
+                tracing::info!(sandbox = %record.id, "machine not answering; starting it again");
+                service.machines().remove(&record.id);
+                let _ = store.set_sandbox_status(&record.id, "starting", None, None).await;
+                service.notify_change();
+            }
+            match boot(service, &record).await {
+                Ok(address) => {
+                    let _ = store
+                        .set_sandbox_status(&record.id, "running", Some(&address), None)
+                        .await;
+                }
+                Err(error) => {
+                    tracing::warn!(sandbox = %record.id, %error, "sandbox failed to start");
+                    service.machines().remove(&record.id);
+                    let _ = store
+                        .set_sandbox_status(&record.id, "failed", None, Some(&error))
+                        .await;
+                }
+            }
+        }
+    }
+}
+
+/// Starts (or adopts) the machine and brings back its supervised processes.
+async fn boot(service: &Service, record: &SandboxRecord) -> Result<String, String> {
+    let image = record.image.parse().map_err(|e| format!("{e}"))?;
+    let spec = MachineSpec {
+        id: record.id.clone(),
+        org_id: record.org_id.clone(),
+        image,
+        vcpus: record.vcpus,
+        memory_mib: record.memory_mib,
+        pids_max: service.config().machine_pids_max,
+        hostname: "sandbox".to_owned(),
+        env: sandboxes_env(record),
+    };
+    let machine = service.driver().start(&spec).await.map_err(|e| e.to_string())?;
+    let running: HashSet<String> = machine
+        .agent
+        .process_list()
+        .await
+        .map_err(|e| format!("guest agent: {e}"))?
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    let stored = service
+        .store()
+        .list_processes(&record.id)
+        .await
+        .map_err(|e| format!("reading processes: {e}"))?;
+    for process in stored {
+        if running.contains(&process.name) {
+            continue;
+        }
+        match serde_json::from_str(&process.spec) {
+            Ok(spec) => {
+                if let Err(e) = machine.agent.process_start(spec).await {
+                    tracing::warn!(sandbox = %record.id, process = %process.name, error = %e, "restarting process failed");
+                }
+            }
+            Err(e) => tracing::warn!(sandbox = %record.id, process = %process.name, error = %e, "stored process spec unreadable"),
+        }
+    }
+    let address = machine.address.to_string();
+    service.machines().insert(machine);
+    Ok(address)
+}
+
+/// Stops every machine this node runs (graceful shutdown of the embedded platform).
+pub async fn stop_all(service: &Service) {
+    for id in service.machines().ids() {
+        service.machines().remove(&id);
+        if let Err(e) = service.driver().stop(&id).await {
+            tracing::warn!(machine = %id, error = %e, "stopping machine failed");
+        }
+    }
+}

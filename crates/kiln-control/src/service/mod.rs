@@ -1,0 +1,176 @@
+//! The domain service: every operation the API offers, independent of HTTP. Handlers
+//! authorize and extract, then call one method here.
+
+mod apps;
+mod machines;
+mod orgs;
+mod sandboxes;
+
+use std::sync::Arc;
+
+use kiln_runtime::Driver;
+use kiln_store::Store;
+use tokio::sync::{Notify, watch};
+
+pub use machines::Machines;
+pub(crate) use sandboxes::sandboxes_env;
+
+use crate::auth::{self, Caller, DEFAULT_ORG, OPERATOR_TOKEN_HASH};
+use crate::config::Config;
+use crate::error::{ApiError, ApiResult};
+
+/// Shared state of the control plane. Cheap to clone.
+#[derive(Clone)]
+pub struct Service {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    driver: Arc<dyn Driver>,
+    config: Config,
+    node_id: String,
+    machines: Machines,
+    /// Wakes the reconciler when intent changed.
+    wake: Notify,
+    /// Bumped whenever a sandbox status changes, so `?wait=` callers re-read.
+    changes: watch::Sender<u64>,
+}
+
+impl Service {
+    /// Builds the service over an opened store and a driver.
+    pub fn new(store: Store, driver: Arc<dyn Driver>, config: Config, node_id: String) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                driver,
+                config,
+                node_id,
+                machines: Machines::default(),
+                wake: Notify::new(),
+                changes: watch::Sender::new(0),
+            }),
+        }
+    }
+
+    /// The metadata store.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// The machine driver of this node.
+    pub fn driver(&self) -> &Arc<dyn Driver> {
+        &self.inner.driver
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// Machines this node runs, by sandbox id.
+    pub fn machines(&self) -> &Machines {
+        &self.inner.machines
+    }
+
+    /// Tells the reconciler that intent changed.
+    pub fn wake_reconciler(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    /// Waits until [`Service::wake_reconciler`] is called.
+    pub async fn reconciler_woken(&self) {
+        self.inner.wake.notified().await;
+    }
+
+    /// Records that some sandbox status changed.
+    pub fn notify_change(&self) {
+        self.inner.changes.send_modify(|n| *n += 1);
+    }
+
+    /// A receiver of status changes.
+    pub fn subscribe_changes(&self) -> watch::Receiver<u64> {
+        self.inner.changes.subscribe()
+    }
+
+    /// Creates the default org and the operator token on first start. Returns the operator
+    /// token when it was generated now (so it can be shown and written once).
+    pub async fn bootstrap(&self) -> anyhow::Result<Option<String>> {
+        let store = self.store();
+        if store.get_setting(DEFAULT_ORG).await?.is_none() {
+            let org = match store.get_org("default").await {
+                Ok(org) => org,
+                Err(kiln_store::StoreError::NotFound) => {
+                    store
+                        .create_org(&kiln_store::NewOrg {
+                            name: "Default".into(),
+                            slug: "default".into(),
+                            base_domain: self.config().base_domain.clone(),
+                            brand: serde_json::to_string(&kiln_api::orgs::Brand {
+                                name: "Default".into(),
+                                ..Default::default()
+                            })?,
+                        })
+                        .await?
+                }
+                Err(e) => return Err(e.into()),
+            };
+            store.put_setting(DEFAULT_ORG, &org.id).await?;
+        }
+        let generated = match (&self.config().operator_token, store.get_setting(OPERATOR_TOKEN_HASH).await?) {
+            (Some(token), _) => {
+                store.put_setting(OPERATOR_TOKEN_HASH, &auth::hash_token(token)).await?;
+                None
+            }
+            (None, Some(_)) => None,
+            (None, None) => {
+                let token = auth::new_token("kop");
+                store.put_setting(OPERATOR_TOKEN_HASH, &auth::hash_token(&token)).await?;
+                Some(token)
+            }
+        };
+        Ok(generated)
+    }
+
+    /// Resolves a bearer token to a caller.
+    pub async fn authenticate(&self, token: &str) -> ApiResult<Caller> {
+        let hash = auth::hash_token(token);
+        let store = self.store();
+        if store.get_setting(OPERATOR_TOKEN_HASH).await?.as_deref() == Some(hash.as_str()) {
+            let default_org = store
+                .get_setting(DEFAULT_ORG)
+                .await?
+                .ok_or_else(|| ApiError::unavailable("the platform is still starting; retry in a moment"))?;
+            return Ok(Caller::Operator { default_org });
+        }
+        match store.find_token(&hash).await? {
+            Some(record) => Ok(Caller::Org {
+                org_id: record.org_id,
+                token_name: record.name,
+            }),
+            None => Err(ApiError::unauthorized()),
+        }
+    }
+
+    /// The org a call acts on: `?org=` (id or slug) for the operator, else the token's own.
+    pub async fn scope(&self, caller: &Caller, named: Option<&str>) -> ApiResult<String> {
+        let named = match named {
+            Some(org) => match self.store().get_org(org).await {
+                Ok(record) => Some(record.id),
+                Err(kiln_store::StoreError::NotFound) => return Err(ApiError::not_found("org", org)),
+                Err(e) => return Err(e.into()),
+            },
+            None => None,
+        };
+        caller.org_scope(named.as_deref())
+    }
+}
+
+/// Maps a store "not found" to a 404 naming the resource the caller asked for.
+pub(crate) fn not_found_as(what: &'static str, id: &str) -> impl FnOnce(kiln_store::StoreError) -> ApiError {
+    let id = id.to_owned();
+    move |err| match err {
+        kiln_store::StoreError::NotFound => ApiError::not_found(what, &id),
+        other => other.into(),
+    }
+}

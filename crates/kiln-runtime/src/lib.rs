@@ -1,0 +1,1 @@
+//! Machine drivers (process; later qemu, firecracker), node networking and images.

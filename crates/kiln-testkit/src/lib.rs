@@ -1,0 +1,197 @@
+//! Helpers for Kiln's integration tests: start the real `kiln` binary on free loopback
+//! ports with its own data dir, reach it with the typed client and the CLI, kill it.
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use kiln_api::Client;
+
+/// Where built images are cached between test runs (building one takes about a minute).
+pub fn images_dir() -> PathBuf {
+    std::env::var_os("KILN_TEST_IMAGES_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/kiln-test/images"))
+}
+
+/// Whether this process may create namespaces, bridges and cgroups.
+pub fn is_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
+}
+
+/// A free TCP port on loopback (racy by nature, good enough for tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding an ephemeral loopback port works")
+}
+
+/// A running `kiln up`.
+pub struct Kiln {
+    binary: PathBuf,
+    data_dir: PathBuf,
+    _tmp: tempfile::TempDir,
+    env: BTreeMap<String, String>,
+    child: Option<Child>,
+    /// API base URL.
+    pub api_url: String,
+    /// The operator token.
+    pub token: String,
+}
+
+impl Kiln {
+    /// Starts `kiln up` (the binary at `binary`) with `extra` variables and an optional
+    /// TOML config text, and waits until the API answers.
+    pub async fn start(binary: &Path, extra: &[(&str, &str)], config_toml: Option<&str>) -> anyhow::Result<Kiln> {
+        let tmp = tempfile::Builder::new().prefix("kiln-test-").tempdir()?;
+        let data_dir = tmp.path().join("data");
+        let api_addr = extra
+            .iter()
+            .find(|(k, _)| *k == "KILN_API_ADDR")
+            .map(|(_, v)| v.to_string())
+            .unwrap_or_else(|| format!("127.0.0.1:{}", free_port()));
+        let port = api_addr.rsplit(':').next().unwrap_or_default().to_owned();
+        let mut env = BTreeMap::new();
+        env.insert("KILN_DATA_DIR".into(), data_dir.display().to_string());
+        env.insert("KILN_API_ADDR".into(), api_addr);
+        env.insert("KILN_EDGE_HTTP_ADDR".into(), format!("127.0.0.1:{}", free_port()));
+        env.insert("KILN_EDGE_HTTPS_ADDR".into(), format!("127.0.0.1:{}", free_port()));
+        env.insert("KILN_S3_ADDR".into(), format!("127.0.0.1:{}", free_port()));
+        env.insert("KILN_IMAGES_DIR".into(), images_dir().display().to_string());
+        env.insert("KILN_NETWORK_EGRESS".into(), "false".into());
+        env.insert("KILN_CLI_CONFIG".into(), tmp.path().join("cli.toml").display().to_string());
+        env.insert("KILN_LOG".into(), "info,kiln=debug".into());
+        if let Some(text) = config_toml {
+            let path = tmp.path().join("kiln.toml");
+            std::fs::write(&path, text)?;
+            env.insert("KILN_CONFIG_FILE".into(), path.display().to_string());
+        }
+        for (k, v) in extra {
+            env.insert((*k).into(), (*v).into());
+        }
+        let mut kiln = Kiln {
+            binary: binary.to_owned(),
+            data_dir,
+            _tmp: tmp,
+            env,
+            child: None,
+            api_url: format!("http://127.0.0.1:{port}"),
+            token: String::new(),
+        };
+        kiln.spawn().await?;
+        Ok(kiln)
+    }
+
+    async fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
+        let mut cmd = std::process::Command::new(&self.binary);
+        cmd.arg("up")
+            .envs(&self.env)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        self.child = Some(cmd.spawn().with_context(|| format!("spawn {}", self.binary.display()))?);
+        let deadline = Instant::now() + Duration::from_secs(300);
+        let probe = Client::new(&self.api_url, None);
+        loop {
+            if probe.health().await.is_ok() {
+                break;
+            }
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                bail!("kiln up exited with {status}; log:\n{}", self.log_tail());
+            }
+            if Instant::now() > deadline {
+                bail!("kiln up did not answer within 300 s; log:\n{}", self.log_tail());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.token = std::fs::read_to_string(self.data_dir.join("operator-token"))
+            .context("read the operator token")?
+            .trim()
+            .to_owned();
+        Ok(())
+    }
+
+    /// A client acting as the operator.
+    pub fn client(&self) -> Client {
+        Client::new(&self.api_url, Some(self.token.clone()))
+    }
+
+    /// A client acting with `token`.
+    pub fn client_with(&self, token: &str) -> Client {
+        Client::new(&self.api_url, Some(token.to_owned()))
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Runs the CLI (configured by `kiln up`) with `args`.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        std::process::Command::new(&self.binary)
+            .args(args)
+            .env("KILN_CLI_CONFIG", &self.env["KILN_CLI_CONFIG"])
+            .output()
+            .expect("the kiln binary runs")
+    }
+
+    /// Kills `kiln up` with SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts `kiln up` again on the same data dir and ports.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill9();
+        self.spawn().await
+    }
+
+    /// Stops `kiln up` with SIGTERM and waits for it, as an operator would.
+    pub fn stop(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let Some(mut child) = self.child.take() else {
+            bail!("not running");
+        };
+        std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()?;
+        Ok(child.wait()?)
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.data_dir.parent().map_or_else(|| PathBuf::from("kiln.log"), |p| p.join("kiln.log"))
+    }
+
+    /// The last lines of the server's log.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    }
+}
+
+impl Drop for Kiln {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            // A graceful stop tears the machines down, so tests leave nothing behind.
+            if self.stop().is_err() {
+                self.kill9();
+            }
+        }
+    }
+}

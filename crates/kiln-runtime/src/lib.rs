@@ -1,1 +1,98 @@
 //! Machine drivers (process; later qemu, firecracker), node networking and images.
+//!
+//! A *machine* is Kiln's unit of isolation: an image root, a workspace volume, limits, its own
+//! network address and the guest agent as PID 1. The rest of the platform reaches a machine only
+//! through [`MachineInfo::address`] and [`MachineInfo::agent`], never through host paths or
+//! pids, so drivers are interchangeable behind [`Driver`].
+//!
+//! - [`process`]: Linux namespaces + cgroups v1 + a veth on the org's bridge (the embedded
+//!   default where no usable KVM exists).
+//! - [`net`]: per-org bridges and /24 slices, veth pairs, the `inet kiln` nftables table.
+//! - [`image`]: image definitions and the store that builds them with mmdebstrap.
+//! - [`launch`]: the `kiln-launch` program that turns prepared namespaces into a machine.
+//! - [`spawn`]: the one function allowed to create child processes.
+
+#![deny(unsafe_code)]
+
+mod cgroup;
+mod error;
+pub mod image;
+pub mod launch;
+mod lock;
+pub mod net;
+pub mod process;
+pub mod spawn;
+
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use async_trait::async_trait;
+use kiln_guest::client::AgentClient;
+
+pub use crate::{
+    error::RuntimeError,
+    image::{ImageRef, ImageStore, default_image},
+    net::Ipv4Cidr,
+    process::{ProcessDriver, ProcessDriverConfig},
+};
+
+/// What to boot: identity, owner, image, limits and the agent's base environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachineSpec {
+    /// The machine id (e.g. `sbx_…`); letters, digits, `_` and `-`, at most 64 characters.
+    pub id: String,
+    /// The owning org; machines of one org share a network, other orgs' are unreachable.
+    pub org_id: String,
+    /// The image to boot.
+    pub image: ImageRef,
+    /// Virtual CPUs: the CPU weight and quota in cores.
+    pub vcpus: u32,
+    /// Memory limit in MiB; exceeding it OOM-kills processes of the machine.
+    pub memory_mib: u32,
+    /// Maximum number of processes (and threads) in the machine.
+    pub pids_max: u32,
+    /// The machine's hostname (a DNS label).
+    pub hostname: String,
+    /// Base environment the agent gives every command it runs.
+    pub env: BTreeMap<String, String>,
+}
+
+/// A running machine as the platform sees it.
+#[derive(Debug, Clone)]
+pub struct MachineInfo {
+    /// The machine id.
+    pub id: String,
+    /// The machine's network address, reachable from the node.
+    pub address: Ipv4Addr,
+    /// A client for the machine's guest agent.
+    pub agent: AgentClient,
+    /// Identifies this boot; changes whenever the machine is (re)booted, not when adopted.
+    pub boot_id: String,
+}
+
+/// A way to run machines. Every operation is idempotent, so reconcilers may retry freely.
+#[async_trait]
+pub trait Driver: Send + Sync + 'static {
+    /// The driver's name as configured: `process`, `qemu`, `firecracker`.
+    fn name(&self) -> &'static str;
+
+    /// Whether machines run under hardware virtualisation (a kernel boundary per machine).
+    fn hardware_accelerated(&self) -> bool;
+
+    /// Boots the machine, or adopts it if it already runs (e.g. after the control plane
+    /// restarted); returns once the agent answers health. Idempotent.
+    async fn start(&self, spec: &MachineSpec) -> Result<MachineInfo, RuntimeError>;
+
+    /// Stops the machine and frees its address; its workspace volume is kept. Idempotent.
+    async fn stop(&self, id: &str) -> Result<(), RuntimeError>;
+
+    /// Stops the machine and deletes its workspace volume and all its state. Idempotent.
+    async fn destroy(&self, id: &str) -> Result<(), RuntimeError>;
+
+    /// Ids of machines currently running.
+    async fn running(&self) -> Result<Vec<String>, RuntimeError>;
+
+    /// Count of processes of this machine killed by the kernel's OOM killer so far (cgroup v1
+    /// `memory.oom_control` `oom_kill`, or `memory.failcnt` on old kernels) — used to tell an
+    /// exec that it died of the memory limit. Zero for a machine that is not running.
+    async fn oom_kills(&self, id: &str) -> Result<u64, RuntimeError>;
+}

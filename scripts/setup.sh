@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs the system packages Kiln and its tests need on Debian 12. Idempotent: asks apt
+# only for what is missing, and runs `apt-get update` at most once.
+set -euo pipefail
+
+packages=(
+    iproute2 nftables util-linux procps   # machine namespaces, bridges, firewall
+    mmdebstrap debian-archive-keyring     # building machine images
+    ca-certificates curl python3          # tests and tools
+    postgresql                            # the store's PostgreSQL test run
+)
+
+if [[ $(id -u) -ne 0 ]]; then
+    echo "setup: run as root (machines need namespaces, bridges and cgroups)" >&2
+    exit 1
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    echo "setup: installing ${missing[*]}" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+command -v cargo >/dev/null || { echo "setup: a Rust toolchain (cargo) is required" >&2; exit 1; }

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: formatting, lints, then every crate's tests against real
+# parts (namespaces, a real PostgreSQL for the store). Needs root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+
+# Builds outlive the clone so CI runs on the same machine reuse them.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/kiln-target}"
+# Built machine images are cached the same way (building one takes about a minute).
+export KILN_TEST_IMAGES_DIR="${KILN_TEST_IMAGES_DIR:-/var/cache/kiln-test/images}"
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+# Integration tests start the real binaries, so build all of them first.
+cargo build --workspace --bins
+
+pg_dir=/tmp/kiln-test-pg
+trap 'scripts/test-postgres.sh stop "$pg_dir" >/dev/null 2>&1 || true' EXIT
+KILN_TEST_POSTGRES_URL=$(scripts/test-postgres.sh "$pg_dir")
+export KILN_TEST_POSTGRES_URL
+
+cargo test --workspace "$@"

@@ -1,6 +1,8 @@
 //! Helpers for Kiln's integration tests: start the real `kiln` binary on free loopback
 //! ports with its own data dir, reach it with the typed client and the CLI, kill it.
 #![forbid(unsafe_code)]
+// Tests spawn the real binaries exactly as an operator would, environment included.
+#![allow(clippy::disallowed_methods)]
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;

@@ -23,7 +23,7 @@ use crate::{Health, List};
 pub enum ClientError {
     /// The server answered with a problem.
     #[error("{0}")]
-    Problem(Problem),
+    Problem(Box<Problem>),
     /// The server could not be reached or the answer was not understood.
     #[error("cannot reach the API at {url}: {source}")]
     Transport {
@@ -82,9 +82,12 @@ impl Client {
             return Ok(resp);
         }
         let status = resp.status().as_u16();
-        let body = resp.bytes().await.map_err(|source| self.transport(source))?;
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|source| self.transport(source))?;
         match serde_json::from_slice::<Problem>(&body) {
-            Ok(problem) => Err(ClientError::Problem(problem)),
+            Ok(problem) => Err(ClientError::Problem(Box::new(problem))),
             Err(_) => Err(ClientError::Unexpected {
                 status,
                 body: String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned(),
@@ -196,7 +199,8 @@ impl Client {
 
     /// `GET /v1/sandboxes/{sbx}`, waiting up to `wait_s` for a final status.
     pub async fn sandbox(&self, sbx: &str, wait_s: u64) -> Result<Sandbox, ClientError> {
-        self.get(&format!("/v1/sandboxes/{sbx}?wait={wait_s}")).await
+        self.get(&format!("/v1/sandboxes/{sbx}?wait={wait_s}"))
+            .await
     }
 
     /// `DELETE /v1/sandboxes/{sbx}`.
@@ -222,12 +226,14 @@ impl Client {
             .json(config);
         let resp = self.send(req).await?;
         let base = self.base.clone();
-        let lines = ndjson_lines(resp.bytes_stream().map_err(move |source| {
-            ClientError::Transport {
-                url: base.clone(),
-                source,
-            }
-        }));
+        let lines =
+            ndjson_lines(
+                resp.bytes_stream()
+                    .map_err(move |source| ClientError::Transport {
+                        url: base.clone(),
+                        source,
+                    }),
+            );
         Ok(lines.map(|line| {
             let line = line?;
             serde_json::from_slice(&line).map_err(|e| ClientError::Unexpected {
@@ -340,7 +346,10 @@ impl Client {
         }
         let resp = req.send().await.map_err(|source| self.transport(source))?;
         let status = resp.status();
-        let body = resp.bytes().await.map_err(|source| self.transport(source))?;
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|source| self.transport(source))?;
         Ok((status, body))
     }
 }

@@ -35,11 +35,18 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         token: Some(token),
     })?;
     if platform.generated_operator_token.is_some() {
-        println!("operator token written to {}", platform.operator_token_file.display());
+        println!(
+            "operator token written to {}",
+            platform.operator_token_file.display()
+        );
     }
     println!("API      {api_url}");
     println!("API docs {api_url}/v1/openapi.json");
-    println!("apps     http://<app>.{}:{}", config.base_domain, config.edge_http_addr.port());
+    println!(
+        "apps     http://<app>.{}:{}",
+        config.base_domain,
+        config.edge_http_addr.port()
+    );
     println!("CLI configured in {}", profile_path.display());
 
     let shutdown = CancellationToken::new();

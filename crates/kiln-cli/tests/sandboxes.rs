@@ -8,8 +8,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use kiln_api::apps::AppConfig;
 use kiln_api::orgs::{Brand, OrgConfig};
-use kiln_api::sandboxes::{ExecConfig, ExecEvent, ProcessConfig, SandboxConfig, SandboxStatus};
-use kiln_api::{Client, ClientError, Problem};
+use kiln_api::sandboxes::{ExecConfig, ExecEvent, SandboxConfig, SandboxStatus};
+use kiln_api::{ClientError, Problem};
 use kiln_testkit::Kiln;
 use rand::RngCore;
 use reqwest::Method;
@@ -29,7 +29,7 @@ fn sh(script: &str) -> ExecConfig {
 
 fn problem(result: Result<impl std::fmt::Debug, ClientError>) -> Problem {
     match result {
-        Err(ClientError::Problem(p)) => p,
+        Err(ClientError::Problem(p)) => *p,
         other => panic!("expected a problem answer, got {other:?}"),
     }
 }
@@ -69,7 +69,10 @@ async fn sandboxes_end_to_end() {
     assert_eq!(app["slug"], "shop-front");
     let shown = kiln.cli(&["apps", "show", "shop-front"]);
     let shown = String::from_utf8_lossy(&shown.stdout);
-    assert!(shown.contains("http://shop-front.sandbox.localhost:"), "{shown}");
+    assert!(
+        shown.contains("http://shop-front.sandbox.localhost:"),
+        "{shown}"
+    );
 
     let sandbox = stdout_json(&kiln.cli(&["--json", "sandbox", "create", "shop-front"]));
     assert_eq!(sandbox["status"], "running", "{sandbox}");
@@ -77,7 +80,10 @@ async fn sandboxes_end_to_end() {
     let address = sandbox["address"].as_str().expect("address").to_owned();
 
     // --- files -----------------------------------------------------------------------
-    let written = api.put_file(&sbx, "src/hello.txt", "hello from the workspace\n").await.expect("put");
+    let written = api
+        .put_file(&sbx, "src/hello.txt", "hello from the workspace\n")
+        .await
+        .expect("put");
     assert_eq!((written.path.as_str(), written.size), ("src/hello.txt", 25));
     let mut blob = vec![0u8; 3 << 20];
     rand::rng().fill_bytes(&mut blob);
@@ -85,18 +91,50 @@ async fn sandboxes_end_to_end() {
     let local = tmp.path().join("blob.bin");
     std::fs::write(&local, &blob).expect("write local");
     let remote = format!("{sbx}:data/blob.bin");
-    stdout_json(&kiln.cli(&["--json", "sandbox", "cp", local.to_str().expect("utf8"), &remote]));
+    stdout_json(&kiln.cli(&[
+        "--json",
+        "sandbox",
+        "cp",
+        local.to_str().expect("utf8"),
+        &remote,
+    ]));
     let back = tmp.path().join("back.bin");
-    stdout_json(&kiln.cli(&["--json", "sandbox", "cp", &remote, back.to_str().expect("utf8")]));
-    assert!(std::fs::read(&back).expect("read back") == blob, "bytes round-trip through the sandbox");
+    stdout_json(&kiln.cli(&[
+        "--json",
+        "sandbox",
+        "cp",
+        &remote,
+        back.to_str().expect("utf8"),
+    ]));
+    assert!(
+        std::fs::read(&back).expect("read back") == blob,
+        "bytes round-trip through the sandbox"
+    );
     let listing = api.list_files(&sbx, "data").await.expect("list");
     assert_eq!(listing.items.len(), 1);
-    assert_eq!((listing.items[0].name.as_str(), listing.items[0].size), ("blob.bin", 3 << 20));
+    assert_eq!(
+        (listing.items[0].name.as_str(), listing.items[0].size),
+        ("blob.bin", 3 << 20)
+    );
 
     // --- exec: JSON and stream ---------------------------------------------------------
-    let result = api.exec(&sbx, &exec(&["cat", "src/hello.txt"])).await.expect("exec");
-    assert_eq!((result.exit_code, result.stdout.as_str()), (0, "hello from the workspace\n"));
-    let out = kiln.cli(&["sandbox", "exec", &sbx, "--", "sh", "-c", "echo out; echo err >&2; exit 3"]);
+    let result = api
+        .exec(&sbx, &exec(&["cat", "src/hello.txt"]))
+        .await
+        .expect("exec");
+    assert_eq!(
+        (result.exit_code, result.stdout.as_str()),
+        (0, "hello from the workspace\n")
+    );
+    let out = kiln.cli(&[
+        "sandbox",
+        "exec",
+        &sbx,
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 3",
+    ]);
     assert_eq!(out.status.code(), Some(3));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
     assert!(String::from_utf8_lossy(&out.stderr).contains("err"));
@@ -115,22 +153,70 @@ async fn sandboxes_end_to_end() {
         }
     }
     assert_eq!((lines.as_str(), exit), ("line1\nline2\nline3\n", Some(0)));
-    let missing = api.exec(&sbx, &exec(&["no-such-program"])).await.expect("exec answers");
+    let missing = api
+        .exec(&sbx, &exec(&["no-such-program"]))
+        .await
+        .expect("exec answers");
     assert_eq!(missing.exit_code, 127);
-    assert!(missing.reason.as_deref().unwrap_or("").starts_with("not_found"), "{missing:?}");
+    assert!(
+        missing
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("not_found"),
+        "{missing:?}"
+    );
 
     // --- a supervised server process and its logs ------------------------------------
-    let run = kiln.cli(&["sandbox", "run", &sbx, "--name", "web", "--port", "8000", "--", "python3", "-u", "-m", "http.server", "8000"]);
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("client");
+    let run = kiln.cli(&[
+        "sandbox",
+        "run",
+        &sbx,
+        "--name",
+        "web",
+        "--port",
+        "8000",
+        "--",
+        "python3",
+        "-u",
+        "-m",
+        "http.server",
+        "8000",
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
     let url = format!("http://{address}:8000/src/hello.txt");
-    let body = retry(|| async { http.get(&url).send().await?.error_for_status()?.text().await }).await;
-    assert_eq!(body, "hello from the workspace\n", "the machine's address serves its process");
+    let body = retry(|| async {
+        http.get(&url)
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await
+    })
+    .await;
+    assert_eq!(
+        body, "hello from the workspace\n",
+        "the machine's address serves its process"
+    );
     let logs = kiln.cli(&["sandbox", "logs", &sbx, "web"]);
     let logs = String::from_utf8_lossy(&logs.stdout);
-    assert!(logs.contains("Serving HTTP") && logs.contains("GET /src/hello.txt"), "{logs}");
+    assert!(
+        logs.contains("Serving HTTP") && logs.contains("GET /src/hello.txt"),
+        "{logs}"
+    );
     let mut follow = Box::pin(api.follow_process_logs(&sbx, "web").await.expect("follow"));
-    http.get(format!("http://{address}:8000/followed-request")).send().await.expect("request");
+    http.get(format!("http://{address}:8000/followed-request"))
+        .send()
+        .await
+        .expect("request");
     let mut followed = String::new();
     while !followed.contains("followed-request") {
         let chunk = tokio::time::timeout(Duration::from_secs(10), follow.next())
@@ -143,11 +229,25 @@ async fn sandboxes_end_to_end() {
     drop(follow);
 
     // --- isolation ---------------------------------------------------------------------
-    let ps = api.exec(&sbx, &exec(&["ps", "-e", "-o", "pid=,comm="])).await.expect("ps");
+    let ps = api
+        .exec(&sbx, &exec(&["ps", "-e", "-o", "pid=,comm="]))
+        .await
+        .expect("ps");
     let procs: Vec<&str> = ps.stdout.lines().map(str::trim).collect();
-    assert!(procs.len() <= 6, "only the machine's own processes: {procs:?}");
-    assert!(procs.iter().any(|p| p.starts_with("1 ")), "the machine has its own PID 1: {procs:?}");
-    assert!(!ps.stdout.contains("kiln up") && !procs.iter().any(|p| p.ends_with("systemd") || p.ends_with("cargo")));
+    assert!(
+        procs.len() <= 6,
+        "only the machine's own processes: {procs:?}"
+    );
+    assert!(
+        procs.iter().any(|p| p.starts_with("1 ")),
+        "the machine has its own PID 1: {procs:?}"
+    );
+    assert!(
+        !ps.stdout.contains("kiln up")
+            && !procs
+                .iter()
+                .any(|p| p.ends_with("systemd") || p.ends_with("cargo"))
+    );
     let sentinel = format!("/root/kiln-host-secret-{}", std::process::id());
     std::fs::write(&sentinel, "host secret").expect("write host sentinel");
     let data_dir = kiln.data_dir().display().to_string();
@@ -156,80 +256,188 @@ async fn sandboxes_end_to_end() {
         .await
         .expect("probe");
     std::fs::remove_file(&sentinel).ok();
-    assert_eq!(probe.stdout, "done\n", "host files, data dir invisible; root read-only");
+    assert_eq!(
+        probe.stdout, "done\n",
+        "host files, data dir invisible; root read-only"
+    );
     let gateway = gateway_of(&address);
     let reach = |host: String, port: u16| {
-        format!("import socket,sys\ns=socket.socket();s.settimeout(2)\ntry:\n s.connect(('{host}',{port}));print('open')\nexcept Exception as e:\n print('closed')\n")
+        format!(
+            "import socket,sys\ns=socket.socket();s.settimeout(2)\ntry:\n s.connect(('{host}',{port}));print('open')\nexcept Exception as e:\n print('closed')\n"
+        )
     };
-    let api_probe = api.exec(&sbx, &exec(&["python3", "-c", &reach(gateway.clone(), api_port)])).await.expect("probe api");
-    assert_eq!(api_probe.stdout.trim(), "closed", "the host's API port is unreachable from a machine");
+    let api_probe = api
+        .exec(
+            &sbx,
+            &exec(&["python3", "-c", &reach(gateway.clone(), api_port)]),
+        )
+        .await
+        .expect("probe api");
+    assert_eq!(
+        api_probe.stdout.trim(),
+        "closed",
+        "the host's API port is unreachable from a machine"
+    );
 
     // A second sandbox of the same org reaches the first; one of another org does not.
-    let same_org = api.create_sandbox("shop-front", &SandboxConfig::default(), 120).await.expect("second sandbox");
-    let seen = api.exec(&same_org.id, &exec(&["python3", "-c", &reach(address.clone(), 8000)])).await.expect("probe");
-    assert_eq!(seen.stdout.trim(), "open", "machines of one org reach each other");
+    let same_org = api
+        .create_sandbox("shop-front", &SandboxConfig::default(), 120)
+        .await
+        .expect("second sandbox");
+    let seen = api
+        .exec(
+            &same_org.id,
+            &exec(&["python3", "-c", &reach(address.clone(), 8000)]),
+        )
+        .await
+        .expect("probe");
+    assert_eq!(
+        seen.stdout.trim(),
+        "open",
+        "machines of one org reach each other"
+    );
     let other = api
         .create_org(&OrgConfig {
             name: "Clinic".into(),
             slug: "clinic".into(),
             base_domain: "clinic.test".into(),
-            brand: Brand { name: "Clinic".into(), ..Default::default() },
+            brand: Brand {
+                name: "Clinic".into(),
+                ..Default::default()
+            },
         })
         .await
         .expect("org");
-    let token = api.create_token(&other.id, "builder").await.expect("token").token;
+    let token = api
+        .create_token(&other.id, "builder")
+        .await
+        .expect("token")
+        .token;
     let clinic = kiln.client_with(&token);
-    clinic.create_app(&AppConfig { name: "Portal".into(), slug: None }).await.expect("clinic app");
-    let foreign = clinic.create_sandbox("portal", &SandboxConfig::default(), 120).await.expect("clinic sandbox");
+    clinic
+        .create_app(&AppConfig {
+            name: "Portal".into(),
+            slug: None,
+        })
+        .await
+        .expect("clinic app");
+    let foreign = clinic
+        .create_sandbox("portal", &SandboxConfig::default(), 120)
+        .await
+        .expect("clinic sandbox");
     assert_eq!(foreign.status, SandboxStatus::Running);
     let foreign_addr = foreign.address.clone().expect("address");
     let crossed = clinic
-        .exec(&foreign.id, &exec(&["python3", "-c", &reach(address.clone(), 8000)]))
+        .exec(
+            &foreign.id,
+            &exec(&["python3", "-c", &reach(address.clone(), 8000)]),
+        )
         .await
         .expect("probe");
-    assert_eq!(crossed.stdout.trim(), "closed", "another org's machine is unreachable");
-    assert_ne!(gateway_of(&foreign_addr), gateway, "orgs live on separate networks");
+    assert_eq!(
+        crossed.stdout.trim(),
+        "closed",
+        "another org's machine is unreachable"
+    );
+    assert_ne!(
+        gateway_of(&foreign_addr),
+        gateway,
+        "orgs live on separate networks"
+    );
 
     // The other org's token sees none of the first org's resources, as if they did not exist.
     assert_eq!(problem(clinic.sandbox(&sbx, 0).await).status, 404);
     assert_eq!(problem(clinic.app("shop-front").await).status, 404);
-    assert_eq!(problem(clinic.exec(&sbx, &exec(&["true"])).await).status, 404);
+    assert_eq!(
+        problem(clinic.exec(&sbx, &exec(&["true"])).await).status,
+        404
+    );
 
     // The memory limit holds, and the exec result says why the command died.
     let small = api
-        .create_sandbox("shop-front", &SandboxConfig { memory_mib: Some(64), ..Default::default() }, 120)
+        .create_sandbox(
+            "shop-front",
+            &SandboxConfig {
+                memory_mib: Some(64),
+                ..Default::default()
+            },
+            120,
+        )
         .await
         .expect("small sandbox");
     let hog = api
-        .exec(&small.id, &exec(&["python3", "-c", "b = bytearray(300 * 1024 * 1024); print('survived')"]))
+        .exec(
+            &small.id,
+            &exec(&[
+                "python3",
+                "-c",
+                "b = bytearray(300 * 1024 * 1024); print('survived')",
+            ]),
+        )
         .await
         .expect("exec answers");
     assert_eq!(hog.exit_code, 137, "{hog:?}");
-    assert!(hog.reason.as_deref().unwrap_or("").starts_with("out_of_memory"), "{hog:?}");
+    assert!(
+        hog.reason
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("out_of_memory"),
+        "{hog:?}"
+    );
     for id in [&small.id, &same_org.id] {
         api.delete_sandbox(id).await.expect("delete");
     }
-    clinic.delete_sandbox(&foreign.id).await.expect("delete clinic sandbox");
+    clinic
+        .delete_sandbox(&foreign.id)
+        .await
+        .expect("delete clinic sandbox");
 
     // --- bad input ---------------------------------------------------------------------
     let headers = BTreeMap::from([("content-type".to_owned(), "application/json".to_owned())]);
     let (status, body) = api
-        .raw(Method::POST, "/v1/apps", &headers, Some(br#"{"name":"x","slgu":"x"}"#.to_vec()))
+        .raw(
+            Method::POST,
+            "/v1/apps",
+            &headers,
+            Some(br#"{"name":"x","slgu":"x"}"#.to_vec()),
+        )
         .await
         .expect("raw");
     let p: Problem = serde_json::from_slice(&body).expect("problem json");
-    assert_eq!((status.as_u16(), p.field.as_deref()), (400, Some("slgu")), "{p:?}");
-    let p = problem(api.create_app(&AppConfig { name: "Bad".into(), slug: Some("Not_A_Label".into()) }).await);
+    assert_eq!(
+        (status.as_u16(), p.field.as_deref()),
+        (400, Some("slgu")),
+        "{p:?}"
+    );
+    let p = problem(
+        api.create_app(&AppConfig {
+            name: "Bad".into(),
+            slug: Some("Not_A_Label".into()),
+        })
+        .await,
+    );
     assert_eq!((p.status, p.field.as_deref()), (400, Some("slug")));
     assert!(p.detail.contains("DNS label"), "{}", p.detail);
-    let p = problem(api.create_app(&AppConfig { name: "Again".into(), slug: Some("shop-front".into()) }).await);
+    let p = problem(
+        api.create_app(&AppConfig {
+            name: "Again".into(),
+            slug: Some("shop-front".into()),
+        })
+        .await,
+    );
     assert_eq!(p.status, 409);
     // URL parsers fold literal `..` segments away, so the attacks arrive with encoded slashes.
-    for path in ["..%2Fescape.txt", "a%2F..%2F..%2Fescape.txt", "%2Fetc%2Fpasswd"] {
+    for path in [
+        "..%2Fescape.txt",
+        "a%2F..%2F..%2Fescape.txt",
+        "%2Fetc%2Fpasswd",
+    ] {
         let p = problem(api.put_file(&sbx, path, "x").await);
         assert_eq!(p.status, 400, "{path}: {p:?}");
     }
-    api.exec(&sbx, &exec(&["ln", "-s", "/etc", "etc-link"])).await.expect("symlink");
+    api.exec(&sbx, &exec(&["ln", "-s", "/etc", "etc-link"]))
+        .await
+        .expect("symlink");
     let p = problem(api.get_file(&sbx, "etc-link/passwd").await);
     assert_eq!((p.status, p.field.as_deref()), (400, Some("path")), "{p:?}");
     let p = problem(api.put_file(&sbx, "etc-link/evil", "x").await);
@@ -238,9 +446,19 @@ async fn sandboxes_end_to_end() {
     let p = problem(api.put_file(&sbx, "big.bin", big).await);
     assert_eq!(p.status, 413, "{p:?}");
     assert!(p.detail.contains("max_file_bytes"), "{}", p.detail);
-    assert_eq!(problem(api.get_file(&sbx, "big.bin").await).status, 404, "nothing half-written");
-    assert_eq!(problem(api.sandbox("sbx_doesnotexist", 0).await).status, 404);
-    assert_eq!(problem(api.get_file(&sbx, "no/such/file").await).status, 404);
+    assert_eq!(
+        problem(api.get_file(&sbx, "big.bin").await).status,
+        404,
+        "nothing half-written"
+    );
+    assert_eq!(
+        problem(api.sandbox("sbx_doesnotexist", 0).await).status,
+        404
+    );
+    assert_eq!(
+        problem(api.get_file(&sbx, "no/such/file").await).status,
+        404
+    );
     let failed = kiln.cli(&["sandbox", "exec", "sbx_doesnotexist", "--", "true"]);
     assert!(!failed.status.success());
     assert!(String::from_utf8_lossy(&failed.stderr).contains("no sandbox `sbx_doesnotexist`"));
@@ -250,20 +468,58 @@ async fn sandboxes_end_to_end() {
         ("content-type".to_owned(), "application/json".to_owned()),
         ("idempotency-key".to_owned(), "create-blog".to_owned()),
     ]);
-    let first = api.raw(Method::POST, "/v1/apps", &key, Some(br#"{"name":"Blog"}"#.to_vec())).await.expect("raw");
-    let again = api.raw(Method::POST, "/v1/apps", &key, Some(br#"{"name":"Blog"}"#.to_vec())).await.expect("raw");
+    let first = api
+        .raw(
+            Method::POST,
+            "/v1/apps",
+            &key,
+            Some(br#"{"name":"Blog"}"#.to_vec()),
+        )
+        .await
+        .expect("raw");
+    let again = api
+        .raw(
+            Method::POST,
+            "/v1/apps",
+            &key,
+            Some(br#"{"name":"Blog"}"#.to_vec()),
+        )
+        .await
+        .expect("raw");
     assert_eq!((first.0.as_u16(), &first.1), (201, &again.1));
-    let clash = api.raw(Method::POST, "/v1/apps", &key, Some(br#"{"name":"Other"}"#.to_vec())).await.expect("raw");
+    let clash = api
+        .raw(
+            Method::POST,
+            "/v1/apps",
+            &key,
+            Some(br#"{"name":"Other"}"#.to_vec()),
+        )
+        .await
+        .expect("raw");
     assert_eq!(clash.0.as_u16(), 409);
 
     // --- kill -9 and restart: same sandbox, same files, its server back -----------------
     kiln.restart().await.expect("restart after kill -9");
     let api = kiln.client();
     let back = api.sandbox(&sbx, 120).await.expect("sandbox survives");
-    assert_eq!((back.id.as_str(), back.status), (sbx.as_str(), SandboxStatus::Running));
-    let bytes = api.get_file(&sbx, "data/blob.bin").await.expect("file survives");
+    assert_eq!(
+        (back.id.as_str(), back.status),
+        (sbx.as_str(), SandboxStatus::Running)
+    );
+    let bytes = api
+        .get_file(&sbx, "data/blob.bin")
+        .await
+        .expect("file survives");
     assert!(bytes == blob, "workspace bytes survive the restart");
-    let body = retry(|| async { http.get(&url).send().await?.error_for_status()?.text().await }).await;
+    let body = retry(|| async {
+        http.get(&url)
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await
+    })
+    .await;
     assert_eq!(body, "hello from the workspace\n");
 
     // A graceful stop and start: machines are stopped, then booted again from stored intent,
@@ -275,18 +531,36 @@ async fn sandboxes_end_to_end() {
     assert_eq!(back.status, SandboxStatus::Running);
     let address = back.address.expect("address");
     let url = format!("http://{address}:8000/src/hello.txt");
-    let body = retry(|| async { http.get(&url).send().await?.error_for_status()?.text().await }).await;
-    assert_eq!(body, "hello from the workspace\n", "the dev server is supervised again after a reboot");
+    let body = retry(|| async {
+        http.get(&url)
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await
+    })
+    .await;
+    assert_eq!(
+        body, "hello from the workspace\n",
+        "the dev server is supervised again after a reboot"
+    );
     let procs = api.processes(&sbx).await.expect("ps");
     assert_eq!(procs.items.len(), 1);
 
     // --- delete ------------------------------------------------------------------------
     let deleted = kiln.cli(&["sandbox", "delete", &sbx]);
-    assert!(deleted.status.success(), "{}", String::from_utf8_lossy(&deleted.stderr));
+    assert!(
+        deleted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&deleted.stderr)
+    );
     assert_eq!(problem(api.sandbox(&sbx, 0).await).status, 404);
     let nodes = api.nodes().await.expect("nodes");
     assert_eq!(nodes.items[0].machines_running, 0, "no machine left behind");
-    assert!(!kiln.data_dir().join("machines").join(&sbx).exists(), "no workspace left behind");
+    assert!(
+        !kiln.data_dir().join("machines").join(&sbx).exists(),
+        "no workspace left behind"
+    );
 }
 
 /// The node-side gateway of a machine's /24.
@@ -312,4 +586,3 @@ where
     }
     panic!("never succeeded: {last:?}");
 }
-

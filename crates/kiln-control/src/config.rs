@@ -158,17 +158,21 @@ impl Config {
         Self::from_raw(raw, env)
     }
 
-    fn from_raw(raw: RawConfig, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    fn from_raw(
+        raw: RawConfig,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         let data_dir = env("KILN_DATA_DIR")
             .map(PathBuf::from)
             .or(raw.data_dir)
             .unwrap_or_else(|| default_data_dir(&env));
         let addr = |var: &'static str, file: Option<String>, default: &str| {
             let text = env(var).or(file).unwrap_or_else(|| default.to_owned());
-            text.parse::<SocketAddr>().map_err(|_| ConfigError::Invalid {
-                name: var,
-                detail: format!("`{text}` is not an address: use IP:PORT, e.g. 127.0.0.1:7070"),
-            })
+            text.parse::<SocketAddr>()
+                .map_err(|_| ConfigError::Invalid {
+                    name: var,
+                    detail: format!("`{text}` is not an address: use IP:PORT, e.g. 127.0.0.1:7070"),
+                })
         };
         let operator_token = match env("KILN_OPERATOR_TOKEN").or(raw.operator_token) {
             Some(token) => Some(token),
@@ -217,7 +221,11 @@ impl Config {
         Ok(Config {
             api_addr: addr("KILN_API_ADDR", raw.api_addr, "127.0.0.1:7070")?,
             edge_http_addr: addr("KILN_EDGE_HTTP_ADDR", raw.edge_http_addr, "127.0.0.1:8080")?,
-            edge_https_addr: addr("KILN_EDGE_HTTPS_ADDR", raw.edge_https_addr, "127.0.0.1:8443")?,
+            edge_https_addr: addr(
+                "KILN_EDGE_HTTPS_ADDR",
+                raw.edge_https_addr,
+                "127.0.0.1:8443",
+            )?,
             s3_addr: addr("KILN_S3_ADDR", raw.s3_addr, "127.0.0.1:7090")?,
             base_domain,
             runtime,
@@ -288,8 +296,11 @@ mod tests {
             "api_addr = \"127.0.0.1:1000\"\nbase_domain = \"file.test\"\n[network]\negress = false\n",
         )
         .expect("valid toml");
-        let cfg = Config::from_raw(raw, env_of(&[("KILN_API_ADDR", "127.0.0.1:2000"), ("KILN_DATA_DIR", "/d")]))
-            .expect("valid config");
+        let cfg = Config::from_raw(
+            raw,
+            env_of(&[("KILN_API_ADDR", "127.0.0.1:2000"), ("KILN_DATA_DIR", "/d")]),
+        )
+        .expect("valid config");
         assert_eq!(cfg.api_addr.port(), 2000);
         assert_eq!(cfg.base_domain, "file.test");
         assert!(!cfg.egress);
@@ -303,7 +314,10 @@ mod tests {
         assert!(err.to_string().contains("KILN_API_ADDR"), "{err}");
         let err = Config::from_raw(RawConfig::default(), env_of(&[("KILN_RUNTIME", "docker")]))
             .expect_err("bad runtime");
-        assert!(err.to_string().contains("process, qemu or firecracker"), "{err}");
+        assert!(
+            err.to_string().contains("process, qemu or firecracker"),
+            "{err}"
+        );
         assert!(toml::from_str::<RawConfig>("apii_addr = \"x\"").is_err());
     }
 }

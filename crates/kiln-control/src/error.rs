@@ -60,7 +60,9 @@ impl ApiError {
         Self::new(
             StatusCode::NOT_FOUND,
             "not-found",
-            format!("no {what} `{id}`: check the id or slug, and that your token belongs to its org"),
+            format!(
+                "no {what} `{id}`: check the id or slug, and that your token belongs to its org"
+            ),
         )
     }
 
@@ -120,11 +122,7 @@ impl ApiError {
     pub fn problem(&self) -> Problem {
         Problem {
             kind: format!("/problems/{}", self.kind),
-            title: self
-                .status
-                .canonical_reason()
-                .unwrap_or("Error")
-                .to_owned(),
+            title: self.status.canonical_reason().unwrap_or("Error").to_owned(),
             status: self.status.as_u16(),
             detail: self.detail.clone(),
             field: self.field.clone(),

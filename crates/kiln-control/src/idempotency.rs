@@ -36,7 +36,9 @@ where
         .to_str()
         .ok()
         .filter(|k| !k.is_empty() && k.len() <= 255)
-        .ok_or_else(|| ApiError::bad_request("`Idempotency-Key` must be 1 to 255 visible ASCII characters"))?;
+        .ok_or_else(|| {
+            ApiError::bad_request("`Idempotency-Key` must be 1 to 255 visible ASCII characters")
+        })?;
     let mut hasher = Sha256::new();
     hasher.update(std::any::type_name::<B>());
     hasher.update(serde_json::to_vec(body).expect("request bodies always serialize"));
@@ -75,8 +77,9 @@ where
 fn replay(status: u16, body: String) -> Response {
     let mut response = Response::new(Body::from(body));
     *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     response
 }

@@ -57,7 +57,10 @@ impl Platform {
             }
         };
         let service = Service::new(store, driver, config.clone(), node_id);
-        let generated_operator_token = service.bootstrap().await.context("bootstrap the default org")?;
+        let generated_operator_token = service
+            .bootstrap()
+            .await
+            .context("bootstrap the default org")?;
         let operator_token_file = config.data_dir.join("operator-token");
         if let Some(token) = &generated_operator_token {
             write_secret(&operator_token_file, token).context("write the operator token")?;
@@ -97,7 +100,10 @@ impl Platform {
 
 /// Logs method, path, status and time of every request; never bodies or headers, so
 /// secrets stay out of the log.
-async fn log_request(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+async fn log_request(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
     let started = std::time::Instant::now();
     let response = next.run(req).await;
@@ -108,14 +114,17 @@ async fn log_request(req: axum::extract::Request, next: axum::middleware::Next) 
 async fn select_driver(config: &Config) -> anyhow::Result<Arc<dyn Driver>> {
     match config.runtime.as_deref() {
         None | Some("process") => {}
-        Some(other) => bail!(
-            "the `{other}` driver is not available in this build; use KILN_RUNTIME=process"
-        ),
+        Some(other) => {
+            bail!("the `{other}` driver is not available in this build; use KILN_RUNTIME=process")
+        }
     }
     let driver = ProcessDriver::new(ProcessDriverConfig {
         state_dir: config.data_dir.join("machines"),
         images_dir: config.images_dir.clone(),
-        subnet: config.subnet.parse().map_err(|e| anyhow::anyhow!("network.subnet `{}`: {e}", config.subnet))?,
+        subnet: config
+            .subnet
+            .parse()
+            .map_err(|e| anyhow::anyhow!("network.subnet `{}`: {e}", config.subnet))?,
         egress: config.egress,
         agent_bin: config.bin_dir.join("kiln-guest"),
         launcher_bin: config.bin_dir.join("kiln-launch"),

@@ -30,7 +30,10 @@ pub async fn run(service: Service, shutdown: CancellationToken) {
     }
 }
 
-async fn pass(service: &Service, in_flight: &Arc<Mutex<HashSet<String>>>) -> Result<(), kiln_store::StoreError> {
+async fn pass(
+    service: &Service,
+    in_flight: &Arc<Mutex<HashSet<String>>>,
+) -> Result<(), kiln_store::StoreError> {
     for record in service.store().list_all_sandboxes().await? {
         let needs_work = match record.desired {
             Desired::Deleted => true,
@@ -47,7 +50,11 @@ async fn pass(service: &Service, in_flight: &Arc<Mutex<HashSet<String>>>) -> Res
             continue;
         }
         // One task per sandbox at a time, so twenty creates boot side by side.
-        if !in_flight.lock().expect("in-flight lock is never poisoned").insert(record.id.clone()) {
+        if !in_flight
+            .lock()
+            .expect("in-flight lock is never poisoned")
+            .insert(record.id.clone())
+        {
             continue;
         }
         let service = service.clone();
@@ -55,7 +62,10 @@ async fn pass(service: &Service, in_flight: &Arc<Mutex<HashSet<String>>>) -> Res
         tokio::spawn(async move {
             let id = record.id.clone();
             converge(&service, record).await;
-            in_flight.lock().expect("in-flight lock is never poisoned").remove(&id);
+            in_flight
+                .lock()
+                .expect("in-flight lock is never poisoned")
+                .remove(&id);
             service.notify_change();
         });
     }
@@ -79,7 +89,9 @@ async fn converge(service: &Service, record: SandboxRecord) {
             if record.status == "running" {
                 tracing::info!(sandbox = %record.id, "machine not answering; starting it again");
                 service.machines().remove(&record.id);
-                let _ = store.set_sandbox_status(&record.id, "starting", None, None).await;
+                let _ = store
+                    .set_sandbox_status(&record.id, "starting", None, None)
+                    .await;
                 service.notify_change();
             }
             match boot(service, &record).await {
@@ -113,7 +125,11 @@ async fn boot(service: &Service, record: &SandboxRecord) -> Result<String, Strin
         hostname: "sandbox".to_owned(),
         env: sandboxes_env(record),
     };
-    let machine = service.driver().start(&spec).await.map_err(|e| e.to_string())?;
+    let machine = service
+        .driver()
+        .start(&spec)
+        .await
+        .map_err(|e| e.to_string())?;
     let running: HashSet<String> = machine
         .agent
         .process_list()
@@ -137,7 +153,9 @@ async fn boot(service: &Service, record: &SandboxRecord) -> Result<String, Strin
                     tracing::warn!(sandbox = %record.id, process = %process.name, error = %e, "restarting process failed");
                 }
             }
-            Err(e) => tracing::warn!(sandbox = %record.id, process = %process.name, error = %e, "stored process spec unreadable"),
+            Err(e) => {
+                tracing::warn!(sandbox = %record.id, process = %process.name, error = %e, "stored process spec unreadable")
+            }
         }
     }
     let address = machine.address.to_string();

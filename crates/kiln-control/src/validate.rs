@@ -58,7 +58,9 @@ pub fn domain(field: &str, value: &str) -> ApiResult<()> {
     } else {
         Err(ApiError::invalid_field(
             field,
-            format!("`{value}` is not a valid domain: use dot-separated DNS labels, e.g. `apps.example.com`"),
+            format!(
+                "`{value}` is not a valid domain: use dot-separated DNS labels, e.g. `apps.example.com`"
+            ),
         ))
     }
 }
@@ -86,7 +88,9 @@ pub fn url(field: &str, value: &str) -> ApiResult<()> {
     match rest {
         Some(rest)
             if !rest.is_empty()
-                && !value.chars().any(|c| c.is_whitespace() || c == '"' || c == '<' || c == '>') =>
+                && !value
+                    .chars()
+                    .any(|c| c.is_whitespace() || c == '"' || c == '<' || c == '>') =>
         {
             Ok(())
         }
@@ -103,7 +107,9 @@ pub fn workspace_path(value: &str) -> ApiResult<String> {
     let invalid = |why: &str| {
         Err(ApiError::invalid_field(
             "path",
-            format!("`{value}` {why}: give a path relative to the workspace root, e.g. `src/main.js`"),
+            format!(
+                "`{value}` {why}: give a path relative to the workspace root, e.g. `src/main.js`"
+            ),
         ))
     };
     if value.starts_with('/') {
@@ -131,9 +137,10 @@ pub fn command(field: &str, cmd: &[String]) -> ApiResult<()> {
             "give the command as a non-empty array, e.g. [\"npm\", \"install\"]",
         )),
         Some(p) if p.is_empty() => Err(ApiError::invalid_field(field, "the program name is empty")),
-        Some(_) if cmd.iter().any(|a| a.contains('\0')) => {
-            Err(ApiError::invalid_field(field, "arguments may not contain NUL bytes"))
-        }
+        Some(_) if cmd.iter().any(|a| a.contains('\0')) => Err(ApiError::invalid_field(
+            field,
+            "arguments may not contain NUL bytes",
+        )),
         Some(_) => Ok(()),
     }
 }
@@ -152,11 +159,16 @@ pub fn env<'a>(
         if !ok {
             return Err(ApiError::invalid_field(
                 field,
-                format!("`{k}` is not a valid variable name: use letters, digits and `_`, not starting with a digit"),
+                format!(
+                    "`{k}` is not a valid variable name: use letters, digits and `_`, not starting with a digit"
+                ),
             ));
         }
         if v.contains('\0') {
-            return Err(ApiError::invalid_field(field, format!("the value of `{k}` contains a NUL byte")));
+            return Err(ApiError::invalid_field(
+                field,
+                format!("the value of `{k}` contains a NUL byte"),
+            ));
         }
     }
     Ok(())

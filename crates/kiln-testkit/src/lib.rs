@@ -51,7 +51,11 @@ pub struct Kiln {
 impl Kiln {
     /// Starts `kiln up` (the binary at `binary`) with `extra` variables and an optional
     /// TOML config text, and waits until the API answers.
-    pub async fn start(binary: &Path, extra: &[(&str, &str)], config_toml: Option<&str>) -> anyhow::Result<Kiln> {
+    pub async fn start(
+        binary: &Path,
+        extra: &[(&str, &str)],
+        config_toml: Option<&str>,
+    ) -> anyhow::Result<Kiln> {
         let tmp = tempfile::Builder::new().prefix("kiln-test-").tempdir()?;
         let data_dir = tmp.path().join("data");
         let api_addr = extra
@@ -63,12 +67,21 @@ impl Kiln {
         let mut env = BTreeMap::new();
         env.insert("KILN_DATA_DIR".into(), data_dir.display().to_string());
         env.insert("KILN_API_ADDR".into(), api_addr);
-        env.insert("KILN_EDGE_HTTP_ADDR".into(), format!("127.0.0.1:{}", free_port()));
-        env.insert("KILN_EDGE_HTTPS_ADDR".into(), format!("127.0.0.1:{}", free_port()));
+        env.insert(
+            "KILN_EDGE_HTTP_ADDR".into(),
+            format!("127.0.0.1:{}", free_port()),
+        );
+        env.insert(
+            "KILN_EDGE_HTTPS_ADDR".into(),
+            format!("127.0.0.1:{}", free_port()),
+        );
         env.insert("KILN_S3_ADDR".into(), format!("127.0.0.1:{}", free_port()));
         env.insert("KILN_IMAGES_DIR".into(), images_dir().display().to_string());
         env.insert("KILN_NETWORK_EGRESS".into(), "false".into());
-        env.insert("KILN_CLI_CONFIG".into(), tmp.path().join("cli.toml").display().to_string());
+        env.insert(
+            "KILN_CLI_CONFIG".into(),
+            tmp.path().join("cli.toml").display().to_string(),
+        );
         env.insert("KILN_LOG".into(), "info,kiln=debug".into());
         if let Some(text) = config_toml {
             let path = tmp.path().join("kiln.toml");
@@ -102,7 +115,10 @@ impl Kiln {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        self.child = Some(cmd.spawn().with_context(|| format!("spawn {}", self.binary.display()))?);
+        self.child = Some(
+            cmd.spawn()
+                .with_context(|| format!("spawn {}", self.binary.display()))?,
+        );
         let deadline = Instant::now() + Duration::from_secs(300);
         let probe = Client::new(&self.api_url, None);
         loop {
@@ -115,7 +131,10 @@ impl Kiln {
                 bail!("kiln up exited with {status}; log:\n{}", self.log_tail());
             }
             if Instant::now() > deadline {
-                bail!("kiln up did not answer within 300 s; log:\n{}", self.log_tail());
+                bail!(
+                    "kiln up did not answer within 300 s; log:\n{}",
+                    self.log_tail()
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -176,7 +195,9 @@ impl Kiln {
     }
 
     fn log_path(&self) -> PathBuf {
-        self.data_dir.parent().map_or_else(|| PathBuf::from("kiln.log"), |p| p.join("kiln.log"))
+        self.data_dir
+            .parent()
+            .map_or_else(|| PathBuf::from("kiln.log"), |p| p.join("kiln.log"))
     }
 
     /// The last lines of the server's log.

@@ -18,7 +18,11 @@ pub async fn run(client: &Client, out: &Output, cmd: AppsCommand) -> anyhow::Res
         AppsCommand::List => {
             let apps = client.apps().await?;
             out.print(&apps, || {
-                apps.items.iter().map(|a| format!("{}  {}  {}", a.id, a.slug, a.name)).collect::<Vec<_>>().join("\n")
+                apps.items
+                    .iter()
+                    .map(|a| format!("{}  {}  {}", a.id, a.slug, a.name))
+                    .collect::<Vec<_>>()
+                    .join("\n")
             });
         }
         AppsCommand::Show { app } => {

@@ -41,7 +41,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .map(|n| {
                         format!(
                             "{}  {}  driver={} accelerated={} machines={} cpus={} memory={}MiB",
-                            n.id, n.status, n.driver, n.hardware_accelerated, n.machines_running, n.cpus, n.memory_mib
+                            n.id,
+                            n.status,
+                            n.driver,
+                            n.hardware_accelerated,
+                            n.machines_running,
+                            n.cpus,
+                            n.memory_mib
                         )
                     })
                     .collect::<Vec<_>>()
@@ -69,7 +75,10 @@ impl Output {
     /// Prints `value` as JSON, or the text `human` makes.
     pub fn print<T: Serialize>(&self, value: &T, human: impl FnOnce() -> String) {
         if self.json {
-            println!("{}", serde_json::to_string_pretty(value).expect("answers always serialize"));
+            println!(
+                "{}",
+                serde_json::to_string_pretty(value).expect("answers always serialize")
+            );
         } else {
             let text = human();
             if !text.is_empty() {
@@ -80,7 +89,9 @@ impl Output {
 
     /// Prints a confirmation (as `{"ok": true, "message": …}` in JSON mode).
     pub fn message(&self, text: &str) {
-        self.print(&serde_json::json!({"ok": true, "message": text}), || text.to_owned());
+        self.print(&serde_json::json!({"ok": true, "message": text}), || {
+            text.to_owned()
+        });
     }
 
     /// Whether JSON was asked for.

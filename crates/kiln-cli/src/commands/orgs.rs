@@ -11,20 +11,34 @@ use crate::cli::OrgsCommand;
 /// Runs an orgs verb.
 pub async fn run(client: &Client, out: &Output, cmd: OrgsCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        OrgsCommand::Create { name, slug, base_domain } => {
+        OrgsCommand::Create {
+            name,
+            slug,
+            base_domain,
+        } => {
             let org = client
                 .create_org(&OrgConfig {
-                    brand: Brand { name: name.clone(), ..Default::default() },
+                    brand: Brand {
+                        name: name.clone(),
+                        ..Default::default()
+                    },
                     name,
                     slug,
                     base_domain,
                 })
                 .await?;
-            out.print(&org, || format!("{}  {}  {}", org.id, org.slug, org.base_domain));
+            out.print(&org, || {
+                format!("{}  {}  {}", org.id, org.slug, org.base_domain)
+            });
         }
         OrgsCommand::Show { org } => {
             let org = client.org(&org).await?;
-            out.print(&org, || format!("{}  {}  {}  brand={}", org.id, org.slug, org.base_domain, org.brand.name));
+            out.print(&org, || {
+                format!(
+                    "{}  {}  {}  brand={}",
+                    org.id, org.slug, org.base_domain, org.brand.name
+                )
+            });
         }
         OrgsCommand::Token { org, name } => {
             let token = client.create_token(&org, &name).await?;

@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use futures::StreamExt;
 use kiln_api::Client;
-use kiln_api::sandboxes::{ExecConfig, ExecEvent, ExecResult, ProcessConfig, Sandbox, SandboxConfig};
+use kiln_api::sandboxes::{
+    ExecConfig, ExecEvent, ExecResult, ProcessConfig, Sandbox, SandboxConfig,
+};
 
 use super::Output;
 use crate::cli::SandboxCommand;
@@ -18,8 +20,18 @@ const CREATE_WAIT_S: u64 = 120;
 /// Runs a sandbox verb.
 pub async fn run(client: &Client, out: &Output, cmd: SandboxCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        SandboxCommand::Create { app, memory_mib, vcpus, env } => {
-            let config = SandboxConfig { image: None, vcpus, memory_mib, env: parse_env(&env)? };
+        SandboxCommand::Create {
+            app,
+            memory_mib,
+            vcpus,
+            env,
+        } => {
+            let config = SandboxConfig {
+                image: None,
+                vcpus,
+                memory_mib,
+                env: parse_env(&env)?,
+            };
             let sandbox = client.create_sandbox(&app, &config, CREATE_WAIT_S).await?;
             out.print(&sandbox, || describe(&sandbox));
             if sandbox.status == kiln_api::sandboxes::SandboxStatus::Failed {
@@ -28,30 +40,80 @@ pub async fn run(client: &Client, out: &Output, cmd: SandboxCommand) -> anyhow::
         }
         SandboxCommand::List { app } => {
             let list = client.sandboxes(&app).await?;
-            out.print(&list, || list.items.iter().map(describe).collect::<Vec<_>>().join("\n"));
+            out.print(&list, || {
+                list.items
+                    .iter()
+                    .map(describe)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
         }
-        SandboxCommand::Exec { sandbox, cwd, timeout, cmd } => {
-            let config = ExecConfig { cmd, cwd, env: BTreeMap::new(), timeout_s: timeout, stdin: None };
+        SandboxCommand::Exec {
+            sandbox,
+            cwd,
+            timeout,
+            cmd,
+        } => {
+            let config = ExecConfig {
+                cmd,
+                cwd,
+                env: BTreeMap::new(),
+                timeout_s: timeout,
+                stdin: None,
+            };
             return exec(client, out, &sandbox, &config).await;
         }
         SandboxCommand::Cp { from, to } => copy(client, out, &from, &to).await?,
-        SandboxCommand::Run { sandbox, name, port, cmd } => {
+        SandboxCommand::Run {
+            sandbox,
+            name,
+            port,
+            cmd,
+        } => {
             let process = client
-                .start_process(&sandbox, &ProcessConfig { name, cmd, cwd: None, env: BTreeMap::new(), port })
+                .start_process(
+                    &sandbox,
+                    &ProcessConfig {
+                        name,
+                        cmd,
+                        cwd: None,
+                        env: BTreeMap::new(),
+                        port,
+                    },
+                )
                 .await?;
-            out.print(&process, || format!("{}  {}  {}", process.name, process.status, process.cmd.join(" ")));
+            out.print(&process, || {
+                format!(
+                    "{}  {}  {}",
+                    process.name,
+                    process.status,
+                    process.cmd.join(" ")
+                )
+            });
         }
         SandboxCommand::Ps { sandbox } => {
             let list = client.processes(&sandbox).await?;
             out.print(&list, || {
                 list.items
                     .iter()
-                    .map(|p| format!("{}  {}  restarts={}  {}", p.name, p.status, p.restarts, p.cmd.join(" ")))
+                    .map(|p| {
+                        format!(
+                            "{}  {}  restarts={}  {}",
+                            p.name,
+                            p.status,
+                            p.restarts,
+                            p.cmd.join(" ")
+                        )
+                    })
                     .collect::<Vec<_>>()
                     .join("\n")
             });
         }
-        SandboxCommand::Logs { sandbox, name, follow } => {
+        SandboxCommand::Logs {
+            sandbox,
+            name,
+            follow,
+        } => {
             if follow {
                 let mut stream = Box::pin(client.follow_process_logs(&sandbox, &name).await?);
                 let mut stdout = std::io::stdout();
@@ -77,7 +139,12 @@ pub async fn run(client: &Client, out: &Output, cmd: SandboxCommand) -> anyhow::
 }
 
 /// Streams the command's output as it comes; exits with the command's code.
-async fn exec(client: &Client, out: &Output, sandbox: &str, config: &ExecConfig) -> anyhow::Result<ExitCode> {
+async fn exec(
+    client: &Client,
+    out: &Output,
+    sandbox: &str,
+    config: &ExecConfig,
+) -> anyhow::Result<ExitCode> {
     if out.json() {
         let result: ExecResult = client.exec(sandbox, config).await?;
         out.print(&result, String::new);
@@ -95,7 +162,11 @@ async fn exec(client: &Client, out: &Output, sandbox: &str, config: &ExecConfig)
                 stderr.write_all(s.as_bytes())?;
                 stderr.flush()?;
             }
-            ExecEvent::Exit { exit_code: code, reason, .. } => {
+            ExecEvent::Exit {
+                exit_code: code,
+                reason,
+                ..
+            } => {
                 if let Some(reason) = reason {
                     eprintln!("{reason}");
                 }
@@ -114,26 +185,38 @@ fn exit_code(code: i32) -> ExitCode {
 async fn copy(client: &Client, out: &Output, from: &str, to: &str) -> anyhow::Result<()> {
     match (remote(from), remote(to)) {
         (None, Some((sandbox, path))) => {
-            let bytes = tokio::fs::read(from).await.with_context(|| format!("read {from}"))?;
+            let bytes = tokio::fs::read(from)
+                .await
+                .with_context(|| format!("read {from}"))?;
             let written = client.put_file(sandbox, path, bytes).await?;
-            out.print(&written, || format!("{} bytes → {sandbox}:{}", written.size, written.path));
+            out.print(&written, || {
+                format!("{} bytes → {sandbox}:{}", written.size, written.path)
+            });
         }
         (Some((sandbox, path)), None) => {
             let bytes = client.get_file(sandbox, path).await?;
             let tmp = format!("{to}.part");
-            tokio::fs::write(&tmp, &bytes).await.with_context(|| format!("write {tmp}"))?;
-            tokio::fs::rename(&tmp, to).await.with_context(|| format!("write {to}"))?;
-            out.print(&serde_json::json!({ "path": to, "size": bytes.len() }), || {
-                format!("{sandbox}:{path} → {to} ({} bytes)", bytes.len())
-            });
+            tokio::fs::write(&tmp, &bytes)
+                .await
+                .with_context(|| format!("write {tmp}"))?;
+            tokio::fs::rename(&tmp, to)
+                .await
+                .with_context(|| format!("write {to}"))?;
+            out.print(
+                &serde_json::json!({ "path": to, "size": bytes.len() }),
+                || format!("{sandbox}:{path} → {to} ({} bytes)", bytes.len()),
+            );
         }
-        _ => bail!("give one local path and one `SANDBOX:PATH`, e.g. `kiln sandbox cp app.js sbx_…:src/app.js`"),
+        _ => bail!(
+            "give one local path and one `SANDBOX:PATH`, e.g. `kiln sandbox cp app.js sbx_…:src/app.js`"
+        ),
     }
     Ok(())
 }
 
 fn remote(arg: &str) -> Option<(&str, &str)> {
-    arg.split_once(':').filter(|(sbx, _)| sbx.starts_with("sbx_"))
+    arg.split_once(':')
+        .filter(|(sbx, _)| sbx.starts_with("sbx_"))
 }
 
 fn parse_env(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
@@ -148,7 +231,10 @@ fn parse_env(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
 }
 
 fn describe(sandbox: &Sandbox) -> String {
-    let status = serde_json::to_value(sandbox.status).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+    let status = serde_json::to_value(sandbox.status)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
     let mut line = format!(
         "{}  {}  {}  {} vCPU  {} MiB  {}",
         sandbox.id,

@@ -44,7 +44,11 @@ pub async fn create(
 
 /// Lists the org's apps.
 #[utoipa::path(get, path = "/v1/apps", responses((status = 200, body = List<App>)))]
-pub async fn list(State(service): State<Service>, caller: Caller, Query(scope): Query<Scope>) -> ApiResult<Json<List<App>>> {
+pub async fn list(
+    State(service): State<Service>,
+    caller: Caller,
+    Query(scope): Query<Scope>,
+) -> ApiResult<Json<List<App>>> {
     let org = service.scope(&caller, scope.org.as_deref()).await?;
     Ok(Json(service.list_apps(&org, scope.after.as_deref()).await?))
 }

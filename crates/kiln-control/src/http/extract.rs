@@ -32,7 +32,8 @@ fn json_problem(rejection: JsonRejection) -> ApiError {
         JsonRejection::JsonDataError(e) => {
             // serde's message names the field and what was expected, e.g.
             // "unknown field `nmae`, expected `name` or `slug` at line 1 column 7".
-            let text = std::error::Error::source(&e).map_or_else(|| e.body_text(), |s| s.to_string());
+            let text =
+                std::error::Error::source(&e).map_or_else(|| e.body_text(), |s| s.to_string());
             let field = field_of(&text);
             let err = ApiError::bad_request(format!("the JSON body does not fit: {text}"));
             match field {
@@ -41,10 +42,13 @@ fn json_problem(rejection: JsonRejection) -> ApiError {
             }
         }
         JsonRejection::JsonSyntaxError(e) => {
-            let text = std::error::Error::source(&e).map_or_else(|| e.body_text(), |s| s.to_string());
+            let text =
+                std::error::Error::source(&e).map_or_else(|| e.body_text(), |s| s.to_string());
             ApiError::bad_request(format!("the body is not valid JSON: {text}"))
         }
-        JsonRejection::BytesRejection(e) => ApiError::too_large(format!("could not read the body: {}", e.body_text())),
+        JsonRejection::BytesRejection(e) => {
+            ApiError::too_large(format!("could not read the body: {}", e.body_text()))
+        }
         other => ApiError::bad_request(other.body_text()),
     }
 }

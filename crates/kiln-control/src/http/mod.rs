@@ -26,17 +26,34 @@ pub fn router(service: Service) -> Router {
         .route("/v1/nodes", get(orgs::nodes))
         .route("/v1/apps", post(apps::create).get(apps::list))
         .route("/v1/apps/{app}", get(apps::get).delete(apps::delete))
-        .route("/v1/apps/{app}/sandboxes", post(sandboxes::create).get(sandboxes::list))
-        .route("/v1/sandboxes/{sbx}", get(sandboxes::get).delete(sandboxes::delete))
+        .route(
+            "/v1/apps/{app}/sandboxes",
+            post(sandboxes::create).get(sandboxes::list),
+        )
+        .route(
+            "/v1/sandboxes/{sbx}",
+            get(sandboxes::get).delete(sandboxes::delete),
+        )
         .route("/v1/sandboxes/{sbx}/exec", post(sandboxes::exec))
         .route("/v1/sandboxes/{sbx}/files/", get(sandboxes::list_root))
         .route(
             "/v1/sandboxes/{sbx}/files/{*path}",
-            get(sandboxes::get_file).put(sandboxes::put_file).delete(sandboxes::delete_file),
+            get(sandboxes::get_file)
+                .put(sandboxes::put_file)
+                .delete(sandboxes::delete_file),
         )
-        .route("/v1/sandboxes/{sbx}/processes", post(sandboxes::start_process).get(sandboxes::list_processes))
-        .route("/v1/sandboxes/{sbx}/processes/{name}", axum::routing::delete(sandboxes::stop_process))
-        .route("/v1/sandboxes/{sbx}/processes/{name}/logs", get(sandboxes::process_logs))
+        .route(
+            "/v1/sandboxes/{sbx}/processes",
+            post(sandboxes::start_process).get(sandboxes::list_processes),
+        )
+        .route(
+            "/v1/sandboxes/{sbx}/processes/{name}",
+            axum::routing::delete(sandboxes::stop_process),
+        )
+        .route(
+            "/v1/sandboxes/{sbx}/processes/{name}/logs",
+            get(sandboxes::process_logs),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(service)

@@ -27,12 +27,19 @@ pub async fn create(
     caller: Caller,
     ApiJson(config): ApiJson<OrgConfig>,
 ) -> ApiResult<(StatusCode, Json<Org>)> {
-    Ok((StatusCode::CREATED, Json(service.create_org(&caller, config).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(service.create_org(&caller, config).await?),
+    ))
 }
 
 /// Reads an org.
 #[utoipa::path(get, path = "/v1/orgs/{org}", responses((status = 200, body = Org)))]
-pub async fn get(State(service): State<Service>, caller: Caller, Path(org): Path<String>) -> ApiResult<Json<Org>> {
+pub async fn get(
+    State(service): State<Service>,
+    caller: Caller,
+    Path(org): Path<String>,
+) -> ApiResult<Json<Org>> {
     Ok(Json(service.get_org(&caller, &org).await?))
 }
 
@@ -55,7 +62,10 @@ pub async fn create_token(
     Path(org): Path<String>,
     ApiJson(config): ApiJson<TokenConfig>,
 ) -> ApiResult<(StatusCode, Json<TokenCreated>)> {
-    Ok((StatusCode::CREATED, Json(service.create_token(&caller, &org, &config.name).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(service.create_token(&caller, &org, &config.name).await?),
+    ))
 }
 
 /// Lists the nodes and their drivers.

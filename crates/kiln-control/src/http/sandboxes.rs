@@ -31,7 +31,9 @@ pub async fn create(
 ) -> ApiResult<Response> {
     let org = service.scope(&caller, scope.org.as_deref()).await?;
     idempotency::once(&service, &org, &headers, &(&app, &config), || async {
-        let sandbox = service.create_sandbox(&org, &app, config.clone(), scope.wait).await?;
+        let sandbox = service
+            .create_sandbox(&org, &app, config.clone(), scope.wait)
+            .await?;
         Ok((StatusCode::CREATED, Json(sandbox)).into_response())
     })
     .await
@@ -46,7 +48,11 @@ pub async fn list(
     Path(app): Path<String>,
 ) -> ApiResult<Json<List<Sandbox>>> {
     let org = service.scope(&caller, scope.org.as_deref()).await?;
-    Ok(Json(service.list_sandboxes(&org, &app, scope.after.as_deref()).await?))
+    Ok(Json(
+        service
+            .list_sandboxes(&org, &app, scope.after.as_deref())
+            .await?,
+    ))
 }
 
 /// Reads a sandbox; `?wait=S` waits for a final status.
@@ -99,9 +105,10 @@ pub async fn exec(
         Ok::<_, std::io::Error>(line)
     });
     let mut response = Response::new(Body::from_stream(lines));
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
     Ok(response)
 }
 
@@ -139,9 +146,10 @@ pub async fn get_file(
     }
     let stream = service.get_file(&org, &sbx, &path).await?;
     let mut response = Response::new(Body::from_stream(stream));
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
     Ok(response)
 }
 
@@ -174,20 +182,23 @@ pub async fn put_file(
     let exceeded = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = exceeded.clone();
     let mut seen = 0u64;
-    let stream = body.into_data_stream().map_err(std::io::Error::other).and_then(move |chunk| {
-        seen += chunk.len() as u64;
-        let over = seen > limit;
-        if over {
-            flag.store(true, std::sync::atomic::Ordering::Relaxed);
-        }
-        async move {
+    let stream = body
+        .into_data_stream()
+        .map_err(std::io::Error::other)
+        .and_then(move |chunk| {
+            seen += chunk.len() as u64;
+            let over = seen > limit;
             if over {
-                Err(std::io::Error::other("body exceeds the size limit"))
-            } else {
-                Ok(chunk)
+                flag.store(true, std::sync::atomic::Ordering::Relaxed);
             }
-        }
-    });
+            async move {
+                if over {
+                    Err(std::io::Error::other("body exceeds the size limit"))
+                } else {
+                    Ok(chunk)
+                }
+            }
+        });
     match service.put_file(&org, &sbx, &path, Box::pin(stream)).await {
         Err(_) if exceeded.load(std::sync::atomic::Ordering::Relaxed) => Err(too_large()),
         other => Ok(Json(other?)),
@@ -217,7 +228,10 @@ pub async fn start_process(
     ApiJson(config): ApiJson<ProcessConfig>,
 ) -> ApiResult<(StatusCode, Json<Process>)> {
     let org = service.scope(&caller, scope.org.as_deref()).await?;
-    Ok((StatusCode::CREATED, Json(service.start_process(&org, &sbx, config).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(service.start_process(&org, &sbx, config).await?),
+    ))
 }
 
 /// Lists supervised processes.
@@ -266,8 +280,9 @@ pub async fn process_logs(
     let follow = matches!(query.follow.as_deref(), Some("1" | "true" | ""));
     let stream = service.process_logs(&org, &sbx, &name, follow).await?;
     let mut response = Response::new(Body::from_stream(stream));
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     Ok(response)
 }

@@ -48,7 +48,9 @@ impl Service {
     /// `GET /v1/apps`.
     pub async fn list_apps(&self, org_id: &str, after: Option<&str>) -> ApiResult<List<App>> {
         let records = self.store().list_apps(org_id, after, PAGE).await?;
-        let next = (records.len() == PAGE as usize).then(|| records.last().map(|r| r.id.clone())).flatten();
+        let next = (records.len() == PAGE as usize)
+            .then(|| records.last().map(|r| r.id.clone()))
+            .flatten();
         let mut items = Vec::with_capacity(records.len());
         for record in records {
             items.push(self.app_view(record).await?);
@@ -70,7 +72,9 @@ impl Service {
             .list_sandboxes(org_id, Some(&record.id), None, u32::MAX)
             .await?;
         for sandbox in sandboxes {
-            self.store().set_sandbox_desired(&sandbox.id, Desired::Deleted).await?;
+            self.store()
+                .set_sandbox_desired(&sandbox.id, Desired::Deleted)
+                .await?;
         }
         self.wake_reconciler();
         self.store().delete_app(org_id, &record.id).await?;
@@ -79,7 +83,10 @@ impl Service {
 
     /// The app record visible in the org, by id or slug.
     pub(crate) async fn app_record(&self, org_id: &str, app: &str) -> ApiResult<AppRecord> {
-        self.store().get_app(org_id, app).await.map_err(not_found_as("app", app))
+        self.store()
+            .get_app(org_id, app)
+            .await
+            .map_err(not_found_as("app", app))
     }
 
     async fn app_view(&self, record: AppRecord) -> ApiResult<App> {
@@ -87,7 +94,11 @@ impl Service {
         let base = &org.base_domain;
         let port = self.config().edge_http_addr.port();
         // The edge's own port is part of the URL unless it is the default.
-        let suffix = if port == 80 { String::new() } else { format!(":{port}") };
+        let suffix = if port == 80 {
+            String::new()
+        } else {
+            format!(":{port}")
+        };
         Ok(App {
             urls: AppUrls {
                 preview: format!("http://{}.sandbox.{base}{suffix}", record.slug),

@@ -117,15 +117,22 @@ impl Service {
             };
             store.put_setting(DEFAULT_ORG, &org.id).await?;
         }
-        let generated = match (&self.config().operator_token, store.get_setting(OPERATOR_TOKEN_HASH).await?) {
+        let generated = match (
+            &self.config().operator_token,
+            store.get_setting(OPERATOR_TOKEN_HASH).await?,
+        ) {
             (Some(token), _) => {
-                store.put_setting(OPERATOR_TOKEN_HASH, &auth::hash_token(token)).await?;
+                store
+                    .put_setting(OPERATOR_TOKEN_HASH, &auth::hash_token(token))
+                    .await?;
                 None
             }
             (None, Some(_)) => None,
             (None, None) => {
                 let token = auth::new_token("kop");
-                store.put_setting(OPERATOR_TOKEN_HASH, &auth::hash_token(&token)).await?;
+                store
+                    .put_setting(OPERATOR_TOKEN_HASH, &auth::hash_token(&token))
+                    .await?;
                 Some(token)
             }
         };
@@ -137,10 +144,9 @@ impl Service {
         let hash = auth::hash_token(token);
         let store = self.store();
         if store.get_setting(OPERATOR_TOKEN_HASH).await?.as_deref() == Some(hash.as_str()) {
-            let default_org = store
-                .get_setting(DEFAULT_ORG)
-                .await?
-                .ok_or_else(|| ApiError::unavailable("the platform is still starting; retry in a moment"))?;
+            let default_org = store.get_setting(DEFAULT_ORG).await?.ok_or_else(|| {
+                ApiError::unavailable("the platform is still starting; retry in a moment")
+            })?;
             return Ok(Caller::Operator { default_org });
         }
         match store.find_token(&hash).await? {
@@ -157,7 +163,9 @@ impl Service {
         let named = match named {
             Some(org) => match self.store().get_org(org).await {
                 Ok(record) => Some(record.id),
-                Err(kiln_store::StoreError::NotFound) => return Err(ApiError::not_found("org", org)),
+                Err(kiln_store::StoreError::NotFound) => {
+                    return Err(ApiError::not_found("org", org));
+                }
                 Err(e) => return Err(e.into()),
             },
             None => None,
@@ -167,7 +175,10 @@ impl Service {
 }
 
 /// Maps a store "not found" to a 404 naming the resource the caller asked for.
-pub(crate) fn not_found_as(what: &'static str, id: &str) -> impl FnOnce(kiln_store::StoreError) -> ApiError {
+pub(crate) fn not_found_as(
+    what: &'static str,
+    id: &str,
+) -> impl FnOnce(kiln_store::StoreError) -> ApiError {
     let id = id.to_owned();
     move |err| match err {
         kiln_store::StoreError::NotFound => ApiError::not_found(what, &id),

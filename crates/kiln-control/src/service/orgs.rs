@@ -44,7 +44,12 @@ impl Service {
     }
 
     /// `PATCH /v1/orgs/{org}`.
-    pub async fn update_org(&self, caller: &Caller, org: &str, update: OrgUpdate) -> ApiResult<Org> {
+    pub async fn update_org(
+        &self,
+        caller: &Caller,
+        org: &str,
+        update: OrgUpdate,
+    ) -> ApiResult<Org> {
         let record = self.visible_org(caller, org).await?;
         if let Some(name) = &update.name {
             validate::name("name", name)?;
@@ -61,7 +66,12 @@ impl Service {
     }
 
     /// `POST /v1/orgs/{org}/tokens`.
-    pub async fn create_token(&self, caller: &Caller, org: &str, name: &str) -> ApiResult<TokenCreated> {
+    pub async fn create_token(
+        &self,
+        caller: &Caller,
+        org: &str,
+        name: &str,
+    ) -> ApiResult<TokenCreated> {
         validate::name("name", name)?;
         let record = self.visible_org(caller, org).await?;
         let token = auth::new_token("kt");
@@ -98,7 +108,11 @@ impl Service {
     }
 
     async fn visible_org(&self, caller: &Caller, org: &str) -> ApiResult<OrgRecord> {
-        let record = self.store().get_org(org).await.map_err(not_found_as("org", org))?;
+        let record = self
+            .store()
+            .get_org(org)
+            .await
+            .map_err(not_found_as("org", org))?;
         if caller.can_access(&record.id) {
             Ok(record)
         } else {

@@ -10,7 +10,7 @@ use kiln_api::sandboxes::{
     DirEntry, ExecConfig, ExecEvent, ExecResult, FileWritten, Process, ProcessConfig, Sandbox,
     SandboxConfig, SandboxStatus,
 };
-use kiln_guest::client::AgentError;
+use kiln_guest::client::{AgentError, ExecEvent as AgentEvent};
 use kiln_guest::protocol as agent;
 use kiln_runtime::{ImageRef, MachineInfo};
 use kiln_store::{Desired, NewSandbox, SandboxRecord};
@@ -42,9 +42,14 @@ impl Service {
         };
         let vcpus = config.vcpus.unwrap_or(self.config().sandbox_vcpus);
         if !(1..=32).contains(&vcpus) {
-            return Err(ApiError::invalid_field("vcpus", "give between 1 and 32 vCPUs"));
+            return Err(ApiError::invalid_field(
+                "vcpus",
+                "give between 1 and 32 vCPUs",
+            ));
         }
-        let memory_mib = config.memory_mib.unwrap_or(self.config().sandbox_memory_mib);
+        let memory_mib = config
+            .memory_mib
+            .unwrap_or(self.config().sandbox_memory_mib);
         if !(64..=262_144).contains(&memory_mib) {
             return Err(ApiError::invalid_field(
                 "memory_mib",
@@ -68,12 +73,22 @@ impl Service {
     }
 
     /// `GET /v1/sandboxes/{sbx}`, optionally waiting for a final status.
-    pub async fn get_sandbox(&self, org_id: &str, id: &str, wait: Option<u64>) -> ApiResult<Sandbox> {
+    pub async fn get_sandbox(
+        &self,
+        org_id: &str,
+        id: &str,
+        wait: Option<u64>,
+    ) -> ApiResult<Sandbox> {
         self.wait_for_sandbox(org_id, id, wait).await
     }
 
     /// `GET /v1/apps/{app}/sandboxes`.
-    pub async fn list_sandboxes(&self, org_id: &str, app: &str, after: Option<&str>) -> ApiResult<List<Sandbox>> {
+    pub async fn list_sandboxes(
+        &self,
+        org_id: &str,
+        app: &str,
+        after: Option<&str>,
+    ) -> ApiResult<List<Sandbox>> {
         let app = self.app_record(org_id, app).await?;
         let records = self
             .store()
@@ -92,7 +107,9 @@ impl Service {
     /// its workspace to be gone.
     pub async fn delete_sandbox(&self, org_id: &str, id: &str) -> ApiResult<()> {
         let record = self.sandbox_record(org_id, id).await?;
-        self.store().set_sandbox_desired(&record.id, Desired::Deleted).await?;
+        self.store()
+            .set_sandbox_desired(&record.id, Desired::Deleted)
+            .await?;
         self.store()
             .set_sandbox_status(&record.id, "deleting", None, None)
             .await?;
@@ -105,7 +122,10 @@ impl Service {
                 Err(e) => return Err(e.into()),
                 Ok(_) => {}
             }
-            if tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
+            if tokio::time::timeout_at(deadline, changes.changed())
+                .await
+                .is_err()
+            {
                 // Still going: the reconciler finishes it; the caller sees `deleting` meanwhile.
                 return Ok(());
             }
@@ -120,8 +140,18 @@ impl Service {
             match event {
                 ExecEvent::Stdout { stdout: s } => stdout.push_str(&s),
                 ExecEvent::Stderr { stderr: s } => stderr.push_str(&s),
-                ExecEvent::Exit { exit_code, signal, reason } => {
-                    return Ok(ExecResult { exit_code, stdout, stderr, signal, reason });
+                ExecEvent::Exit {
+                    exit_code,
+                    signal,
+                    reason,
+                } => {
+                    return Ok(ExecResult {
+                        exit_code,
+                        stdout,
+                        stderr,
+                        signal,
+                        reason,
+                    });
                 }
             }
         }
@@ -140,7 +170,11 @@ impl Service {
     ) -> ApiResult<impl Stream<Item = ExecEvent> + Send + 'static> {
         validate::command("cmd", &config.cmd)?;
         validate::env("env", &config.env)?;
-        let cwd = config.cwd.as_deref().map(validate::workspace_path).transpose()?;
+        let cwd = config
+            .cwd
+            .as_deref()
+            .map(validate::workspace_path)
+            .transpose()?;
         let machine = self.running_machine(org_id, id).await?;
         let driver = self.driver().clone();
         let oom_before = driver.oom_kills(&machine.id).await.unwrap_or(0);
@@ -151,16 +185,24 @@ impl Service {
             timeout_ms: config.timeout_s.map(|s| s.saturating_mul(1000)),
             stdin: config.stdin.map(String::into_bytes),
         };
-        let stream = machine.agent.exec(request).await.map_err(|e| self.agent_error(e, "exec"))?;
+        let stream = machine
+            .agent
+            .exec(request)
+            .await
+            .map_err(|e| self.agent_error(e, "exec"))?;
         let machine_id = machine.id.clone();
         Ok(stream.then(move |event| {
             let driver = driver.clone();
             let machine_id = machine_id.clone();
             async move {
                 match event {
-                    Ok(agent::ExecEvent::Stdout(b)) => ExecEvent::Stdout { stdout: String::from_utf8_lossy(&b).into_owned() },
-                    Ok(agent::ExecEvent::Stderr(b)) => ExecEvent::Stderr { stderr: String::from_utf8_lossy(&b).into_owned() },
-                    Ok(agent::ExecEvent::Exit(exit)) => {
+                    Ok(AgentEvent::Stdout(b)) => ExecEvent::Stdout {
+                        stdout: String::from_utf8_lossy(&b).into_owned(),
+                    },
+                    Ok(AgentEvent::Stderr(b)) => ExecEvent::Stderr {
+                        stderr: String::from_utf8_lossy(&b).into_owned(),
+                    },
+                    Ok(AgentEvent::Exit(exit)) => {
                         let oom = exit.signal == Some(9)
                             && driver.oom_kills(&machine_id).await.unwrap_or(0) > oom_before;
                         exit_event(&exit, oom)
@@ -176,13 +218,22 @@ impl Service {
     }
 
     /// `PUT /v1/sandboxes/{sbx}/files/{path}`; `body` yields an error to abort the write.
-    pub async fn put_file<S>(&self, org_id: &str, id: &str, path: &str, body: S) -> ApiResult<FileWritten>
+    pub async fn put_file<S>(
+        &self,
+        org_id: &str,
+        id: &str,
+        path: &str,
+        body: S,
+    ) -> ApiResult<FileWritten>
     where
         S: Stream<Item = Result<Bytes, std::io::Error>> + Send + Unpin + 'static,
     {
         let path = validate::workspace_path(path)?;
         if path.is_empty() {
-            return Err(ApiError::invalid_field("path", "give a file path after `/files/`"));
+            return Err(ApiError::invalid_field(
+                "path",
+                "give a file path after `/files/`",
+            ));
         }
         let machine = self.running_machine(org_id, id).await?;
         let size = machine
@@ -202,7 +253,11 @@ impl Service {
     ) -> ApiResult<impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static> {
         let path = validate::workspace_path(path)?;
         let machine = self.running_machine(org_id, id).await?;
-        let stream = machine.agent.get_file(&path).await.map_err(|e| self.agent_error(e, &path))?;
+        let stream = machine
+            .agent
+            .get_file(&path)
+            .await
+            .map_err(|e| self.agent_error(e, &path))?;
         Ok(stream.map(|chunk| chunk.map_err(std::io::Error::other)))
     }
 
@@ -210,11 +265,19 @@ impl Service {
     pub async fn list_files(&self, org_id: &str, id: &str, dir: &str) -> ApiResult<List<DirEntry>> {
         let dir = validate::workspace_path(dir)?;
         let machine = self.running_machine(org_id, id).await?;
-        let entries = machine.agent.list_dir(&dir).await.map_err(|e| self.agent_error(e, &dir))?;
+        let entries = machine
+            .agent
+            .list_dir(&dir)
+            .await
+            .map_err(|e| self.agent_error(e, &dir))?;
         Ok(List {
             items: entries
                 .into_iter()
-                .map(|e| DirEntry { name: e.name, kind: e.kind.to_string(), size: e.size })
+                .map(|e| DirEntry {
+                    name: e.name,
+                    kind: entry_kind(e.kind).to_owned(),
+                    size: e.size,
+                })
                 .collect(),
             next: None,
         })
@@ -224,18 +287,34 @@ impl Service {
     pub async fn delete_file(&self, org_id: &str, id: &str, path: &str) -> ApiResult<()> {
         let path = validate::workspace_path(path)?;
         if path.is_empty() {
-            return Err(ApiError::invalid_field("path", "the workspace root itself cannot be deleted"));
+            return Err(ApiError::invalid_field(
+                "path",
+                "the workspace root itself cannot be deleted",
+            ));
         }
         let machine = self.running_machine(org_id, id).await?;
-        machine.agent.delete(&path, true).await.map_err(|e| self.agent_error(e, &path))
+        machine
+            .agent
+            .delete(&path, true)
+            .await
+            .map_err(|e| self.agent_error(e, &path))
     }
 
     /// `POST /v1/sandboxes/{sbx}/processes`: stored (so it comes back after a restart), then started.
-    pub async fn start_process(&self, org_id: &str, id: &str, config: ProcessConfig) -> ApiResult<Process> {
+    pub async fn start_process(
+        &self,
+        org_id: &str,
+        id: &str,
+        config: ProcessConfig,
+    ) -> ApiResult<Process> {
         validate::slug("name", &config.name)?;
         validate::command("cmd", &config.cmd)?;
         validate::env("env", &config.env)?;
-        let cwd = config.cwd.as_deref().map(validate::workspace_path).transpose()?;
+        let cwd = config
+            .cwd
+            .as_deref()
+            .map(validate::workspace_path)
+            .transpose()?;
         let machine = self.running_machine(org_id, id).await?;
         let spec = agent::ProcessSpec {
             name: config.name.clone(),
@@ -250,7 +329,11 @@ impl Service {
             .await
             .map_err(|e| self.agent_error(e, &config.name))?;
         self.store()
-            .upsert_process(&machine.id, &spec.name, &serde_json::to_string(&spec).expect("a process spec always serializes"))
+            .upsert_process(
+                &machine.id,
+                &spec.name,
+                &serde_json::to_string(&spec).expect("a process spec always serializes"),
+            )
             .await?;
         Ok(process_view(info))
     }
@@ -258,15 +341,26 @@ impl Service {
     /// `GET /v1/sandboxes/{sbx}/processes`.
     pub async fn list_processes(&self, org_id: &str, id: &str) -> ApiResult<List<Process>> {
         let machine = self.running_machine(org_id, id).await?;
-        let infos = machine.agent.process_list().await.map_err(|e| self.agent_error(e, "processes"))?;
-        Ok(List { items: infos.into_iter().map(process_view).collect(), next: None })
+        let infos = machine
+            .agent
+            .process_list()
+            .await
+            .map_err(|e| self.agent_error(e, "processes"))?;
+        Ok(List {
+            items: infos.into_iter().map(process_view).collect(),
+            next: None,
+        })
     }
 
     /// `DELETE /v1/sandboxes/{sbx}/processes/{name}`.
     pub async fn stop_process(&self, org_id: &str, id: &str, name: &str) -> ApiResult<()> {
         let machine = self.running_machine(org_id, id).await?;
         self.store().delete_process(&machine.id, name).await?;
-        machine.agent.process_stop(name).await.map_err(|e| self.agent_error(e, name))
+        machine
+            .agent
+            .process_stop(name)
+            .await
+            .map_err(|e| self.agent_error(e, name))
     }
 
     /// `GET /v1/sandboxes/{sbx}/processes/{name}/logs`.
@@ -313,13 +407,23 @@ impl Service {
         }
     }
 
-    async fn wait_for_sandbox(&self, org_id: &str, id: &str, wait: Option<u64>) -> ApiResult<Sandbox> {
+    async fn wait_for_sandbox(
+        &self,
+        org_id: &str,
+        id: &str,
+        wait: Option<u64>,
+    ) -> ApiResult<Sandbox> {
         let mut changes = self.subscribe_changes();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(wait.unwrap_or(0)).min(MAX_WAIT);
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_secs(wait.unwrap_or(0)).min(MAX_WAIT);
         loop {
             let record = self.sandbox_record(org_id, id).await?;
             let settled = record.status != "starting" && record.status != "deleting";
-            if settled || tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
+            if settled
+                || tokio::time::timeout_at(deadline, changes.changed())
+                    .await
+                    .is_err()
+            {
                 return Ok(sandbox_view(record));
             }
         }
@@ -327,9 +431,9 @@ impl Service {
 
     fn agent_error(&self, err: AgentError, subject: &str) -> ApiError {
         match err {
-            AgentError::NotFound(_) => ApiError::not_found_detail(format!(
-                "`{subject}` does not exist in the sandbox"
-            )),
+            AgentError::NotFound(_) => {
+                ApiError::not_found_detail(format!("`{subject}` does not exist in the sandbox"))
+            }
             AgentError::InvalidPath(why) => ApiError::invalid_field(
                 "path",
                 format!("`{subject}`: {why}; give a path inside the workspace"),
@@ -341,7 +445,12 @@ impl Service {
                     "the sandbox's machine is not answering ({e}); it is being restarted, retry shortly"
                 ))
             }
-            AgentError::TooLarge(why) => ApiError::too_large(why),
+            AgentError::IsADirectory(why) | AgentError::NotADirectory(why) => {
+                ApiError::conflict(format!("`{subject}`: {why}")).with_field("path")
+            }
+            AgentError::InvalidRequest(why) => {
+                ApiError::unprocessable(format!("`{subject}`: {why}"))
+            }
             other => ApiError::unprocessable(format!("`{subject}`: {other}")),
         }
     }
@@ -362,7 +471,20 @@ fn exit_event(exit: &agent::ExitInfo, oom: bool) -> ExecEvent {
     } else {
         None
     };
-    ExecEvent::Exit { exit_code, signal: exit.signal, reason }
+    ExecEvent::Exit {
+        exit_code,
+        signal: exit.signal,
+        reason,
+    }
+}
+
+fn entry_kind(kind: agent::EntryKind) -> &'static str {
+    match kind {
+        agent::EntryKind::File => "file",
+        agent::EntryKind::Dir => "dir",
+        agent::EntryKind::Symlink => "symlink",
+        agent::EntryKind::Other => "other",
+    }
 }
 
 /// The wire form of a sandbox record.
@@ -391,7 +513,12 @@ fn process_view(info: agent::ProcessInfo) -> Process {
         name: info.name,
         cmd: info.cmd,
         port: info.port,
-        status: info.status.to_string(),
+        status: match info.status {
+            agent::ProcessStatus::Running => "running",
+            agent::ProcessStatus::Backoff => "backoff",
+            agent::ProcessStatus::Stopped => "stopped",
+        }
+        .to_owned(),
         restarts: info.restarts,
         last_exit_code: info.last_exit_code,
     }

@@ -24,7 +24,11 @@ async fn main() -> anyhow::Result<()> {
         .context("usage: kiln-bench-sandbox PATH/TO/kiln")?;
     let kiln = Kiln::start(&binary, &[("KILN_LOG", "warn")], None).await?;
     let api = kiln.client();
-    api.create_app(&AppConfig { name: "bench".into(), slug: None }).await?;
+    api.create_app(&AppConfig {
+        name: "bench".into(),
+        slug: None,
+    })
+    .await?;
     // One sandbox first, so the image is built and caches are warm for both sides.
     let warm = create_and_exec(&api).await?;
     println!("warm-up create → first exec: {:.1} ms", ms(warm.0));
@@ -60,7 +64,9 @@ async fn main() -> anyhow::Result<()> {
         raw_seq.push(raw_unshare().await?);
     }
     let started = Instant::now();
-    let tasks: Vec<_> = (0..CONCURRENT).map(|_| tokio::spawn(raw_unshare())).collect();
+    let tasks: Vec<_> = (0..CONCURRENT)
+        .map(|_| tokio::spawn(raw_unshare()))
+        .collect();
     let mut raw_conc = Vec::new();
     for task in tasks {
         raw_conc.push(task.await??);
@@ -68,11 +74,18 @@ async fn main() -> anyhow::Result<()> {
     let raw_conc_wall = started.elapsed();
 
     println!();
-    println!("{:<34} {:>9} {:>9} {:>9}", "create → first exec", "p50 ms", "p95 ms", "wall ms");
+    println!(
+        "{:<34} {:>9} {:>9} {:>9}",
+        "create → first exec", "p50 ms", "p95 ms", "wall ms"
+    );
     report("kiln, 50 sequential", &mut kiln_seq, None);
     report("raw unshare, 50 sequential", &mut raw_seq, None);
     report("kiln, 20 concurrent", &mut kiln_conc, Some(kiln_conc_wall));
-    report("raw unshare, 20 concurrent", &mut raw_conc, Some(raw_conc_wall));
+    report(
+        "raw unshare, 20 concurrent",
+        &mut raw_conc,
+        Some(raw_conc_wall),
+    );
     println!();
     println!(
         "ratio kiln/raw p50: sequential {:.2}x, concurrent {:.2}x",
@@ -85,11 +98,22 @@ async fn main() -> anyhow::Result<()> {
 /// Creates a sandbox, waits until it runs, runs one command; returns the time and the id.
 async fn create_and_exec(api: &Client) -> anyhow::Result<(Duration, String)> {
     let started = Instant::now();
-    let sandbox = api.create_sandbox("bench", &SandboxConfig::default(), 60).await?;
-    let result = api
-        .exec(&sandbox.id, &ExecConfig { cmd: vec!["echo".into(), "ready".into()], ..Default::default() })
+    let sandbox = api
+        .create_sandbox("bench", &SandboxConfig::default(), 60)
         .await?;
-    anyhow::ensure!(result.stdout == "ready\n", "unexpected exec result {result:?}");
+    let result = api
+        .exec(
+            &sandbox.id,
+            &ExecConfig {
+                cmd: vec!["echo".into(), "ready".into()],
+                ..Default::default()
+            },
+        )
+        .await?;
+    anyhow::ensure!(
+        result.stdout == "ready\n",
+        "unexpected exec result {result:?}"
+    );
     Ok((started.elapsed(), sandbox.id))
 }
 
@@ -98,17 +122,27 @@ async fn create_and_exec(api: &Client) -> anyhow::Result<(Duration, String)> {
 async fn raw_unshare() -> anyhow::Result<Duration> {
     let started = Instant::now();
     let out = tokio::process::Command::new("unshare")
-        .args(["--mount", "--pid", "--fork", "--net", "--uts", "--ipc", "--", "echo", "ready"])
+        .args([
+            "--mount", "--pid", "--fork", "--net", "--uts", "--ipc", "--", "echo", "ready",
+        ])
         .output()
         .await?;
-    anyhow::ensure!(out.stdout == b"ready\n", "unshare failed: {}", String::from_utf8_lossy(&out.stderr));
+    anyhow::ensure!(
+        out.stdout == b"ready\n",
+        "unshare failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(started.elapsed())
 }
 
 fn report(label: &str, samples: &mut [Duration], wall: Option<Duration>) {
     samples.sort();
     let wall = wall.map_or_else(|| "-".to_owned(), |w| format!("{:.1}", ms(w)));
-    println!("{label:<34} {:>9.1} {:>9.1} {wall:>9}", ms(pct(samples, 50)), ms(pct(samples, 95)));
+    println!(
+        "{label:<34} {:>9.1} {:>9.1} {wall:>9}",
+        ms(pct(samples, 50)),
+        ms(pct(samples, 95))
+    );
 }
 
 /// The p-th percentile of sorted samples.

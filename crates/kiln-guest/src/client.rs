@@ -22,8 +22,8 @@ use tokio_util::codec::Framed;
 
 use crate::Io;
 use crate::protocol::{
-    DirEntry, ErrorBody, ErrorKind, ExecRequest, ExitInfo, FileStat, Frame, FrameCodec,
-    FrameError, FrameKind, HealthInfo, PortStatus, ProcessInfo, ProcessSpec, Request, Response,
+    DirEntry, ErrorBody, ErrorKind, ExecRequest, ExitInfo, FileStat, Frame, FrameCodec, FrameError,
+    FrameKind, HealthInfo, MAX_FRAME_LEN, PortStatus, ProcessInfo, ProcessSpec, Request, Response,
 };
 
 /// The largest `Data` frame the client sends when uploading; bigger body chunks are split.
@@ -309,8 +309,12 @@ impl AgentClient {
                 )),
                 Some(Err(err)) => Err(err.into()),
                 Some(Ok(frame)) => match frame.kind {
-                    FrameKind::Stdout => return Some((Ok(ExecEvent::Stdout(frame.payload)), Some(conn))),
-                    FrameKind::Stderr => return Some((Ok(ExecEvent::Stderr(frame.payload)), Some(conn))),
+                    FrameKind::Stdout => {
+                        return Some((Ok(ExecEvent::Stdout(frame.payload)), Some(conn)));
+                    }
+                    FrameKind::Stderr => {
+                        return Some((Ok(ExecEvent::Stderr(frame.payload)), Some(conn)));
+                    }
                     FrameKind::Control => match frame.parse_control::<Response>() {
                         Ok(Response::Exit(info)) => Ok(ExecEvent::Exit(info)),
                         Ok(Response::Error(body)) => Err(body.into()),
@@ -532,8 +536,16 @@ impl AgentClient {
     /// Connects, sends `request` and reads the agent's first answer, turning an error answer
     /// into `Err`.
     async fn open(&self, request: &Request) -> Result<(Conn, Response), AgentError> {
+        let frame = Frame::control(request)?;
+        if frame.payload.len() > MAX_FRAME_LEN {
+            return Err(AgentError::InvalidRequest(format!(
+                "the request is {} bytes, over the limit of {MAX_FRAME_LEN}; \
+                 upload large standard input as a file instead",
+                frame.payload.len()
+            )));
+        }
         let mut conn = self.connect().await?;
-        conn.send(Frame::control(request)?).await?;
+        conn.send(frame).await?;
         let response = self.read_response(&mut conn).await?;
         Ok((conn, response))
     }
@@ -612,12 +624,18 @@ mod tests {
     #[test]
     fn endpoints_parse_and_print() {
         let cases = [
-            ("unix:/run/agent.sock", Some(Endpoint::Unix("/run/agent.sock".into()))),
+            (
+                "unix:/run/agent.sock",
+                Some(Endpoint::Unix("/run/agent.sock".into())),
+            ),
             (
                 "tcp:127.0.0.1:7000",
                 Some(Endpoint::Tcp(SocketAddr::from(([127, 0, 0, 1], 7000)))),
             ),
-            ("tcp:[::1]:7000", Some(Endpoint::Tcp("[::1]:7000".parse().expect("addr")))),
+            (
+                "tcp:[::1]:7000",
+                Some(Endpoint::Tcp("[::1]:7000".parse().expect("addr"))),
+            ),
             ("unix:", None),
             ("tcp:localhost:7000", None),
             ("vsock:3:52", None),

@@ -30,12 +30,15 @@
 //!
 //! - A file operation never touches anything outside the workspace: paths are checked
 //!   lexically and then resolved by the kernel with `openat2(RESOLVE_BENEATH)`, so neither
-//!   `..` nor a symbolic link (even one swapped in concurrently) leads out.
+//!   `..` nor a symbolic link (even one swapped in concurrently) leads out. The agent therefore
+//!   needs Linux 5.6 or later and refuses to start without `openat2`.
 //! - Every command the agent runs gets a clean environment, the unprivileged `--run-as` user
 //!   (when the agent is root) and its own process group, which is killed as a whole.
 //! - The agent never fails a request because of what a command did: a missing program is an
 //!   exit with code 127, not an agent error.
 
+// One `unsafe` in the crate: taking ownership of the inherited listening socket
+// (`agent::listen::adopt_listening_fd`), allowed locally with its SAFETY argument.
 #![deny(unsafe_code)]
 
 pub mod agent;
@@ -44,7 +47,9 @@ pub mod client;
 pub mod init;
 pub mod protocol;
 
-pub use client::{AgentClient, AgentError, ByteStream, Endpoint, ExecEvent, ExecOutput, ExecStream};
+pub use client::{
+    AgentClient, AgentError, ByteStream, Endpoint, ExecEvent, ExecOutput, ExecStream,
+};
 pub use protocol::{
     DirEntry, EntryKind, ErrorBody, ErrorKind, ExecRequest, ExitInfo, FileStat, HealthInfo,
     PortStatus, ProcessInfo, ProcessSpec, ProcessStatus,
@@ -56,7 +61,7 @@ pub(crate) trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
 
 /// `err` and its sources as one line, for messages that cross the wire as plain strings.
-pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
+pub fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {

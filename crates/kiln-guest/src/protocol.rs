@@ -664,7 +664,10 @@ mod tests {
                 },
                 r#"{"op":"delete","path":"a","recursive":true}"#,
             ),
-            (Request::PortCheck { port: 80 }, r#"{"op":"port_check","port":80}"#),
+            (
+                Request::PortCheck { port: 80 },
+                r#"{"op":"port_check","port":80}"#,
+            ),
         ];
         for (request, json) in cases {
             assert_eq!(serde_json::to_string(&request).expect("serialize"), json);
@@ -679,9 +682,6 @@ mod tests {
             r#"{"type":"error","kind":"quota_exceeded","message":"m","extra":1}"#,
         )
         .expect("deserialize");
-        assert_eq!(
-            body,
-            Response::Error(ErrorBody::new(ErrorKind::Other, "m"))
-        );
+        assert_eq!(body, Response::Error(ErrorBody::new(ErrorKind::Other, "m")));
     }
 }

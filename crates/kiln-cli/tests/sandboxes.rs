@@ -64,6 +64,32 @@ async fn sandboxes_end_to_end() {
     .expect("kiln up starts");
     let api = kiln.client();
 
+    // --- the API's own surface ---------------------------------------------------------
+    let anonymous = kiln_api::Client::new(&kiln.api_url, None);
+    assert_eq!(
+        anonymous
+            .health()
+            .await
+            .expect("health needs no token")
+            .status,
+        "ok"
+    );
+    assert_eq!(problem(anonymous.apps().await).status, 401);
+    assert_eq!(
+        problem(kiln.client_with("kt_forged").apps().await).status,
+        401
+    );
+    let (status, doc) = api
+        .raw(Method::GET, "/v1/openapi.json", &BTreeMap::new(), None)
+        .await
+        .expect("openapi");
+    let doc: serde_json::Value = serde_json::from_slice(&doc).expect("openapi is JSON");
+    assert_eq!(status.as_u16(), 200);
+    assert!(
+        doc["paths"]["/v1/sandboxes/{sbx}/exec"]["post"].is_object(),
+        "exec is documented"
+    );
+
     // --- CLI: app and sandbox -------------------------------------------------------
     let app = stdout_json(&kiln.cli(&["--json", "apps", "create", "Shop Front"]));
     assert_eq!(app["slug"], "shop-front");

@@ -166,6 +166,11 @@ impl Config {
             .map(PathBuf::from)
             .or(raw.data_dir)
             .unwrap_or_else(|| default_data_dir(&env));
+        // Machines and sockets are addressed by absolute paths.
+        let data_dir = std::path::absolute(&data_dir).map_err(|e| ConfigError::Invalid {
+            name: "KILN_DATA_DIR",
+            detail: format!("`{}` cannot be made absolute: {e}", data_dir.display()),
+        })?;
         let addr = |var: &'static str, file: Option<String>, default: &str| {
             let text = env(var).or(file).unwrap_or_else(|| default.to_owned());
             text.parse::<SocketAddr>()

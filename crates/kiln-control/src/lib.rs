@@ -84,6 +84,14 @@ impl Platform {
 
     /// Serves the API and runs the reconciler until `shutdown`; then stops the machines.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        // Build the default image now rather than on the first sandbox create; a create that
+        // comes first simply waits on the same build lock.
+        let images = kiln_runtime::ImageStore::new(self.service.config().images_dir.clone());
+        tokio::spawn(async move {
+            if let Err(e) = images.ensure(&kiln_runtime::default_image()).await {
+                tracing::warn!(error = %e, "building the default image failed; sandbox creates will retry");
+            }
+        });
         let reconciler = tokio::spawn(reconciler::run(self.service.clone(), shutdown.clone()));
         let app = http::router(self.service.clone()).layer(axum::middleware::from_fn(log_request));
         let server_shutdown = shutdown.clone();

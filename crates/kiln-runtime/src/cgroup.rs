@@ -154,8 +154,7 @@ impl MachineCgroups {
         // Kernels before 4.13 lack the counter; the number of times the limit was hit is the
         // closest signal they offer.
         let failcnt = memory.join("memory.failcnt");
-        let text =
-            fs::read_to_string(&failcnt).ctx(|| format!("read {}", failcnt.display()))?;
+        let text = fs::read_to_string(&failcnt).ctx(|| format!("read {}", failcnt.display()))?;
         Ok(text.trim().parse().unwrap_or(0))
     }
 
@@ -174,7 +173,10 @@ impl MachineCgroups {
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
                     Err(e) => {
-                        return Err(RuntimeError::io(format!("remove cgroup {}", dir.display()), e));
+                        return Err(RuntimeError::io(
+                            format!("remove cgroup {}", dir.display()),
+                            e,
+                        ));
                     }
                 }
             }

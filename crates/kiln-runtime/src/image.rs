@@ -350,7 +350,10 @@ fn customise(def: &ImageDefinition, rootfs: &Path) -> std::io::Result<()> {
         ),
     )?;
     append_line(&at("/etc/group"), &format!("{}:x:{}:", u.name, u.gid))?;
-    append_line(&at("/etc/shadow"), &format!("{}:!:19000:0:99999:7:::", u.name))?;
+    append_line(
+        &at("/etc/shadow"),
+        &format!("{}:!:19000:0:99999:7:::", u.name),
+    )?;
     append_line(&at("/etc/gshadow"), &format!("{}:!::", u.name))?;
 
     for dir in &def.placeholders.dirs {
@@ -387,10 +390,7 @@ fn customise(def: &ImageDefinition, rootfs: &Path) -> std::io::Result<()> {
 fn append_line(path: &Path, line: &str) -> std::io::Result<()> {
     let existing = fs::read_to_string(path).unwrap_or_default();
     let name = line.split(':').next().unwrap_or_default();
-    if existing
-        .lines()
-        .any(|l| l.split(':').next() == Some(name))
-    {
+    if existing.lines().any(|l| l.split(':').next() == Some(name)) {
         return Ok(());
     }
     let mut f = OpenOptions::new().create(true).append(true).open(path)?;
@@ -429,8 +429,15 @@ mod tests {
         let defs = definitions();
         assert!(!defs.is_empty());
         for d in &defs {
-            assert!(d.placeholders.files.iter().any(|f| f == AGENT_PATH), "{}", d.name);
-            assert!(d.build_key().starts_with(&format!("{}-{}-", d.name, d.version)));
+            assert!(
+                d.placeholders.files.iter().any(|f| f == AGENT_PATH),
+                "{}",
+                d.name
+            );
+            assert!(
+                d.build_key()
+                    .starts_with(&format!("{}-{}-", d.name, d.version))
+            );
         }
     }
 
@@ -455,7 +462,10 @@ mod tests {
 
     #[test]
     fn unknown_image_error_lists_known_ones() {
-        let err = "ubuntu".parse::<ImageRef>().unwrap_err().to_string();
+        let err = "ubuntu"
+            .parse::<ImageRef>()
+            .expect_err("ubuntu is not defined")
+            .to_string();
         assert!(err.contains("default:1"), "{err}");
     }
 

@@ -7,7 +7,8 @@
 //!
 //! 1. `setsid`, so the machine outlives the control plane (which may be killed with SIGKILL and
 //!    adopt the machine after restarting);
-//! 2. join the machine's cgroups, then `setns` into its network namespace;
+//! 2. join the machine's cgroups, then `setns` into its network namespace (which the driver
+//!    creates meanwhile);
 //! 3. bind the agent's listening unix socket on the host path (the only host-side handle on the
 //!    machine) and keep it open across `exec`;
 //! 4. `unshare` the pid namespace and fork: the child is PID 1 of the new pid namespace;
@@ -67,8 +68,10 @@ pub struct LaunchConfig {
     pub socket: PathBuf,
     /// Where to write the host pid of the machine's PID 1.
     pub init_pid_file: PathBuf,
-    /// uid and gid the agent runs commands as.
+    /// uid and gid the agent runs commands as; they also own the home tmpfs.
     pub run_as: Option<(u32, u32)>,
+    /// The unprivileged user's home directory, a fresh tmpfs on every boot.
+    pub user_home: String,
     /// Base environment the agent passes to commands.
     pub env: BTreeMap<String, String>,
 }
@@ -94,6 +97,9 @@ impl<T, E: Into<io::Error>> Ctx<T> for Result<T, E> {
         })
     }
 }
+
+/// How long the launcher waits for the driver to create the network namespace.
+const NETNS_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Exit status when the launcher fails before forking.
 pub const EXIT_SETUP_FAILED: i32 = 125;
@@ -147,6 +153,7 @@ fn load(path: &Path) -> Result<LaunchConfig, LaunchError> {
 fn launch(cfg: &LaunchConfig) -> Result<i32, LaunchError> {
     // Fails only if we already lead a process group, which a freshly spawned child does not.
     let _ = setsid();
+    reset_signals()?;
 
     let pid = std::process::id().to_string();
     for dir in &cfg.cgroups {
@@ -154,10 +161,7 @@ fn launch(cfg: &LaunchConfig) -> Result<i32, LaunchError> {
         fs::write(&procs, &pid).ctx(|| format!("join cgroup {}", dir.display()))?;
     }
 
-    let netns = fs::File::open(&cfg.netns).ctx(|| format!("open {}", cfg.netns.display()))?;
-    setns(&netns, CloneFlags::CLONE_NEWNET)
-        .ctx(|| format!("enter network namespace {}", cfg.netns.display()))?;
-    drop(netns);
+    enter_netns(&cfg.netns)?;
     // /proc/sys/net belongs to the namespace of the writer, so this affects only the machine.
     for iface in ["all", "default"] {
         let _ = fs::write(format!("/proc/sys/net/ipv6/conf/{iface}/disable_ipv6"), "1");
@@ -206,6 +210,51 @@ fn launch(cfg: &LaunchConfig) -> Result<i32, LaunchError> {
             Ok(wait_for(child))
         }
     }
+}
+
+/// Joins the machine's named network namespace, waiting for it to appear.
+///
+/// The driver starts the launcher while it is still creating the namespace, so that joining
+/// the cgroups (a v1 cgroup migration waits for an RCU grace period, about 10 ms) overlaps
+/// with `ip netns add`. Until `ip` has bind-mounted the namespace the path is missing or an
+/// empty file (`setns` then fails with EINVAL), so both are retried for a while.
+fn enter_netns(path: &Path) -> Result<(), LaunchError> {
+    let deadline = std::time::Instant::now() + NETNS_WAIT;
+    loop {
+        let attempt = fs::File::open(path)
+            .and_then(|ns| setns(&ns, CloneFlags::CLONE_NEWNET).map_err(io::Error::from));
+        match attempt {
+            Ok(()) => return Ok(()),
+            Err(e)
+                if std::time::Instant::now() < deadline
+                    && (e.kind() == ErrorKind::NotFound
+                        || e.raw_os_error() == Some(nix::libc::EINVAL)) =>
+            {
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+            Err(e) => {
+                return Err(e).ctx(|| format!("enter network namespace {}", path.display()));
+            }
+        }
+    }
+}
+
+/// Gives the machine a clean signal state, like a freshly booted kernel would: ignored signals
+/// and the blocked mask survive `exec`, so without this whatever the control plane ignored
+/// (SIGPIPE, for one) would be ignored by every process in the machine.
+fn reset_signals() -> Result<(), LaunchError> {
+    use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, sigprocmask};
+    for signal in Signal::iterator() {
+        if matches!(signal, Signal::SIGKILL | Signal::SIGSTOP) {
+            continue;
+        }
+        // SAFETY: installing SIG_DFL registers no Rust code as a handler, so no handler can
+        // run concurrently with anything; the launcher installs no handlers of its own.
+        #[allow(unsafe_code)]
+        let _ = unsafe { nix::sys::signal::signal(signal, SigHandler::SigDfl) };
+    }
+    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
+        .ctx(|| "clear the signal mask".to_owned())
 }
 
 fn wait_for(child: Pid) -> i32 {
@@ -259,7 +308,10 @@ fn assemble_and_exec(
     bind(root, root, false)?;
     build_root(cfg, root)?;
     // Last, so the mounts above could still create their mount points' contents in tmpfs.
-    remount_bind(root, MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV)?;
+    remount_bind(
+        root,
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+    )?;
 
     chdir(root).ctx(|| format!("chdir {}", root.display()))?;
     // Stack the new root over the old one and detach the old: no host path stays reachable.
@@ -318,7 +370,12 @@ fn build_root(cfg: &LaunchConfig, root: &Path) -> Result<(), LaunchError> {
             remount_bind(&p, safe | MsFlags::MS_RDONLY | MsFlags::MS_NOEXEC)?;
         }
     }
-    for path in ["/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/kallsyms"] {
+    for path in [
+        "/proc/kcore",
+        "/proc/keys",
+        "/proc/timer_list",
+        "/proc/kallsyms",
+    ] {
         let p = at(path);
         if p.exists() {
             bind(Path::new("/dev/null"), &p, false)?;
@@ -331,11 +388,13 @@ fn build_root(cfg: &LaunchConfig, root: &Path) -> Result<(), LaunchError> {
         None,
     )?;
 
+    let (uid, gid) = cfg.run_as.unwrap_or((0, 0));
+    let home_opts = format!("mode=755,uid={uid},gid={gid}");
     for (path, opts) in [
         ("/tmp", "mode=1777"),
         ("/var/tmp", "mode=1777"),
         ("/run", "mode=755"),
-        ("/home/app", "mode=755,uid=1000,gid=1000"),
+        (cfg.user_home.as_str(), home_opts.as_str()),
     ] {
         mount_fs("tmpfs", &at(path), safe, Some(opts))?;
     }
@@ -353,7 +412,10 @@ fn build_root(cfg: &LaunchConfig, root: &Path) -> Result<(), LaunchError> {
 
     let agent = at(crate::image::AGENT_PATH);
     bind(&cfg.agent_bin, &agent, false)?;
-    remount_bind(&agent, MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV)?;
+    remount_bind(
+        &agent,
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+    )?;
     Ok(())
 }
 

@@ -16,8 +16,7 @@
 //! a machine is forwarded out unless its subnet is in the `egress_nets` set.
 
 use std::{
-    fmt,
-    fs,
+    fmt, fs,
     net::Ipv4Addr,
     path::{Path, PathBuf},
     str::FromStr,
@@ -38,7 +37,7 @@ pub const GUEST_IFACE: &str = "eth0";
 pub const NETNS_DIR: &str = "/run/netns";
 
 /// An IPv4 network in CIDR notation, e.g. `10.88.0.0/16`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Ipv4Cidr {
     network: Ipv4Addr,
     prefix: u8,
@@ -79,7 +78,9 @@ impl Ipv4Cidr {
     }
 
     fn mask(&self) -> u32 {
-        u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0)
+        u32::MAX
+            .checked_shl(32 - u32::from(self.prefix))
+            .unwrap_or(0)
     }
 
     /// Whether `addr` lies in this network.
@@ -120,7 +121,8 @@ impl FromStr for Ipv4Cidr {
     type Err = RuntimeError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || RuntimeError::InvalidConfig(format!("{s:?} is not an IPv4 CIDR like 10.88.0.0/16"));
+        let bad =
+            || RuntimeError::InvalidConfig(format!("{s:?} is not an IPv4 CIDR like 10.88.0.0/16"));
         let (addr, prefix) = s.split_once('/').ok_or_else(bad)?;
         let addr: Ipv4Addr = addr.parse().map_err(|_| bad())?;
         let prefix: u8 = prefix.parse().map_err(|_| bad())?;
@@ -179,8 +181,7 @@ fn link_exists(name: &str) -> bool {
     Path::new("/sys/class/net").join(name).exists()
 }
 
-/// Creates the bridge of `slice` with its gateway address unless it exists, and lets machines
-/// on it reach each other through the nftables `same_bridge` set.
+/// Creates the bridge of `slice` with its gateway address unless it exists.
 pub(crate) async fn ensure_bridge(slice: Ipv4Cidr) -> Result<(), RuntimeError> {
     let name = bridge_name(slice);
     if !link_exists(&name) {
@@ -197,10 +198,29 @@ pub(crate) async fn ensure_bridge(slice: Ipv4Cidr) -> Result<(), RuntimeError> {
         disable_ipv6(&name);
         tracing::info!(bridge = %name, %slice, "created org bridge");
     }
-    let elements = format!(
-        "add element inet {NFT_TABLE} same_bridge {{ \"{name}\" . \"{name}\" }}\n"
+    Ok(())
+}
+
+/// Lets machines on bridge `name` reach each other (the `same_bridge` nftables set).
+pub(crate) async fn allow_bridge(name: &str) -> Result<(), RuntimeError> {
+    let element =
+        format!("add element inet {NFT_TABLE} same_bridge {{ \"{name}\" . \"{name}\" }}\n");
+    run_tool("nft", &["-f", "-"], Some(&element)).await?;
+    Ok(())
+}
+
+/// Deletes bridge `name` and its `same_bridge` element; a missing bridge is fine.
+pub(crate) async fn remove_bridge(name: &str) -> Result<(), RuntimeError> {
+    if link_exists(name) {
+        run_tool("ip", &["link", "del", name], None).await?;
+    }
+    // Add, then delete, in one transaction: nftables 1.0.6 cannot delete "if present".
+    let script = format!(
+        "add element inet {NFT_TABLE} same_bridge {{ \"{name}\" . \"{name}\" }}\n\
+         delete element inet {NFT_TABLE} same_bridge {{ \"{name}\" . \"{name}\" }}\n"
     );
-    run_tool("nft", &["-f", "-"], Some(&elements)).await?;
+    run_tool("nft", &["-f", "-"], Some(&script)).await?;
+    tracing::info!(bridge = %name, "removed org bridge");
     Ok(())
 }
 
@@ -220,13 +240,13 @@ pub(crate) struct MachineNet {
     pub address: Ipv4Addr,
 }
 
-/// Creates machine `net.id`'s network namespace and veth pair and configures `eth0`, `lo` and
-/// the default route inside it. Leftovers must have been removed with [`teardown_machine`].
-pub(crate) async fn setup_machine(net: &MachineNet) -> Result<(), RuntimeError> {
+/// Creates machine `net.id`'s network namespace and its veth pair, the host end a port of the
+/// org's bridge. Leftovers must have been removed with [`teardown_machine`].
+pub(crate) async fn create_machine_link(net: &MachineNet) -> Result<(), RuntimeError> {
     let ns = netns_name(&net.id);
     let veth = veth_name(&net.id);
     let bridge = bridge_name(net.slice);
-    // One `ip` process per namespace: the host side, then the machine side.
+    // One `ip` process per namespace: this is the host side, [`configure_guest`] the other.
     let host = format!(
         "netns add {ns}\n\
          link add name {veth} type veth peer name {GUEST_IFACE} netns {ns}\n\
@@ -234,6 +254,12 @@ pub(crate) async fn setup_machine(net: &MachineNet) -> Result<(), RuntimeError> 
     );
     run_tool("ip", &["-batch", "-"], Some(&host)).await?;
     disable_ipv6(&veth);
+    Ok(())
+}
+
+/// Configures `eth0`, `lo` and the default route inside the machine's network namespace.
+pub(crate) async fn configure_guest(net: &MachineNet) -> Result<(), RuntimeError> {
+    let ns = netns_name(&net.id);
     let guest = format!(
         "addr add {addr}/24 dev {GUEST_IFACE}\n\
          link set {GUEST_IFACE} up\n\
@@ -312,9 +338,13 @@ pub(crate) async fn install_firewall(
         ));
     }
     // nftables 1.0.6 has no "delete if present", so add then delete in the same transaction.
-    script.push_str(&format!("add element inet {t} egress_nets {{ {subnet} }}\n"));
+    script.push_str(&format!(
+        "add element inet {t} egress_nets {{ {subnet} }}\n"
+    ));
     if !egress {
-        script.push_str(&format!("delete element inet {t} egress_nets {{ {subnet} }}\n"));
+        script.push_str(&format!(
+            "delete element inet {t} egress_nets {{ {subnet} }}\n"
+        ));
     }
     run_tool("nft", &["-f", "-"], Some(&script)).await?;
     if egress {
@@ -338,10 +368,10 @@ pub(crate) fn resolv_conf(egress: bool, host_resolv: &str) -> String {
         if words.next() != Some("nameserver") {
             continue;
         }
-        if let Some(Ok(addr)) = words.next().map(str::parse::<Ipv4Addr>) {
-            if !addr.is_loopback() {
-                out.push_str(&format!("nameserver {addr}\n"));
-            }
+        if let Some(Ok(addr)) = words.next().map(str::parse::<Ipv4Addr>)
+            && !addr.is_loopback()
+        {
+            out.push_str(&format!("nameserver {addr}\n"));
         }
     }
     out
@@ -370,9 +400,27 @@ mod tests {
         assert!(s.contains(Ipv4Addr::new(10, 88, 3, 200)));
         assert!(!s.contains(Ipv4Addr::new(10, 88, 4, 1)));
         assert_eq!(net.slice(256), None);
-        assert_eq!("10.0.0.0/8".parse::<Ipv4Cidr>().expect("valid").slice_count(), 65536);
-        assert_eq!("10.9.9.0/25".parse::<Ipv4Cidr>().expect("valid").slice_count(), 0);
-        for bad in ["10.88.0.1/16", "10.88.0.0", "10.88.0.0/33", "x/8", "10.88.0.0/-1"] {
+        assert_eq!(
+            "10.0.0.0/8"
+                .parse::<Ipv4Cidr>()
+                .expect("valid")
+                .slice_count(),
+            65536
+        );
+        assert_eq!(
+            "10.9.9.0/25"
+                .parse::<Ipv4Cidr>()
+                .expect("valid")
+                .slice_count(),
+            0
+        );
+        for bad in [
+            "10.88.0.1/16",
+            "10.88.0.0",
+            "10.88.0.0/33",
+            "x/8",
+            "10.88.0.0/-1",
+        ] {
             assert!(bad.parse::<Ipv4Cidr>().is_err(), "{bad} should be rejected");
         }
     }
@@ -385,12 +433,16 @@ mod tests {
         let veth = veth_name("sbx_0123456789abcdef0123456789abcdef");
         assert!(veth.len() <= 15, "{veth}");
         assert_ne!(veth_name("a"), veth_name("b"));
-        assert_eq!(bridge_mac("10.88.3.0/24".parse().expect("valid")), "02:6b:6e:0a:58:03");
+        assert_eq!(
+            bridge_mac("10.88.3.0/24".parse().expect("valid")),
+            "02:6b:6e:0a:58:03"
+        );
     }
 
     #[test]
     fn resolv_conf_keeps_only_reachable_servers() {
-        let host = "search example\nnameserver 127.0.0.53\nnameserver 10.255.255.53\nnameserver ::1\n";
+        let host =
+            "search example\nnameserver 127.0.0.53\nnameserver 10.255.255.53\nnameserver ::1\n";
         assert_eq!(
             resolv_conf(true, host),
             "# Generated by Kiln.\nnameserver 10.255.255.53\n"
@@ -401,7 +453,14 @@ mod tests {
     #[test]
     fn ruleset_mentions_every_chain() {
         let r = ruleset();
-        for needle in ["hook input", "hook forward", "hook postrouting", "@same_bridge", "@host_services", "@egress_nets"] {
+        for needle in [
+            "hook input",
+            "hook forward",
+            "hook postrouting",
+            "@same_bridge",
+            "@host_services",
+            "@egress_nets",
+        ] {
             assert!(r.contains(needle), "missing {needle}");
         }
     }

@@ -82,10 +82,10 @@ pub(crate) async fn run_tool(
 
 /// Turns a spawn failure into an actionable error: a missing well-known tool names its package.
 pub(crate) fn spawn_error(program: &str, e: std::io::Error, line: String) -> RuntimeError {
-    if e.kind() == std::io::ErrorKind::NotFound {
-        if let Some(missing) = missing_program(program) {
-            return missing;
-        }
+    if e.kind() == std::io::ErrorKind::NotFound
+        && let Some(missing) = missing_program(program)
+    {
+        return missing;
     }
     RuntimeError::io(format!("start `{line}`"), e)
 }

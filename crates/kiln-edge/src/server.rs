@@ -1,0 +1,351 @@
+//! Accepting connections, choosing HTTP/1.1 or HTTP/2 for each, and shutting down gracefully.
+//!
+//! Connections are served over any `AsyncRead + AsyncWrite` stream, so a TLS acceptor can sit
+//! in front later without touching anything below [`serve_connection`].
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+
+use crate::EdgeError;
+use crate::framing::{FramingScanner, FramingVerdict};
+use crate::proxy::{self, ConnInfo, Shared, Worker};
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4): "prior knowledge" clients start with it.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Protocol builders, made once and shared by every connection.
+pub(crate) struct Protocols {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+}
+
+impl Protocols {
+    pub(crate) fn new(config: &crate::EdgeConfig) -> Protocols {
+        let mut h1 = http1::Builder::new();
+        h1.timer(TokioTimer::new())
+            // Slowloris defence: the whole head must arrive within this time, however slowly
+            // it trickles; it also bounds how long an idle keep-alive connection is kept.
+            .header_read_timeout(config.header_read_timeout)
+            // hyper's default cap of 100 header lines is kept: raising it moves its parse
+            // buffer from the stack to the heap on every request.
+            .max_header_size(config.max_header_bytes);
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
+            // Pings find peers that vanished without closing, so their streams are freed.
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(20));
+        Protocols {
+            http1: h1,
+            http2: h2,
+        }
+    }
+}
+
+/// Tokens that end connections at shutdown: `drain` stops accepting and asks connections to
+/// finish their current requests; `abort` ends those still open when the grace period is over.
+#[derive(Clone)]
+struct Stop {
+    drain: CancellationToken,
+    abort: CancellationToken,
+}
+
+/// Starts the workers, waits for `shutdown`, then drains them.
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    protocols: Arc<Protocols>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), EdgeError> {
+    let stop = Stop {
+        drain: CancellationToken::new(),
+        abort: CancellationToken::new(),
+    };
+    // If this future is dropped rather than shut down, the workers must not outlive it.
+    let _abort_on_drop = stop.abort.clone().drop_guard();
+    let _drain_on_drop = stop.drain.clone().drop_guard();
+
+    // Each worker accepts on its own duplicate of the listening socket, registered with its own
+    // runtime; the kernel hands each new connection to one of them, and a busy worker simply
+    // accepts less.
+    let listener = listener.into_std().map_err(EdgeError::Listener)?;
+    let mut exited = Vec::new();
+    for index in 0..shared.config.workers.max(1) {
+        let listener = listener.try_clone().map_err(EdgeError::Listener)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(EdgeError::Worker)?;
+        let (done, done_rx) = oneshot::channel::<()>();
+        let (shared, protocols, stop) = (Arc::clone(&shared), Arc::clone(&protocols), stop.clone());
+        std::thread::Builder::new()
+            .name(format!("edge-worker-{index}"))
+            .spawn(move || {
+                runtime.block_on(worker(shared, protocols, listener, stop));
+                let _ = done.send(());
+            })
+            .map_err(EdgeError::Worker)?;
+        exited.push(done_rx);
+    }
+    drop(listener);
+
+    shutdown.await;
+    stop.drain.cancel();
+    let all_exited = async {
+        for done in exited {
+            let _ = done.await;
+        }
+    };
+    let mut all_exited = pin!(all_exited);
+    let grace = shared.config.shutdown_grace;
+    if tokio::time::timeout(grace, all_exited.as_mut())
+        .await
+        .is_err()
+    {
+        warn!("connections still busy after the grace period; closing them");
+        stop.abort.cancel();
+        all_exited.await;
+    }
+    Ok(())
+}
+
+/// One worker: accepts and serves connections on its own single-threaded runtime until
+/// shutdown, then waits for its connections to drain.
+async fn worker(
+    shared: Arc<Shared>,
+    protocols: Arc<Protocols>,
+    listener: std::net::TcpListener,
+    stop: Stop,
+) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(e) => {
+            warn!(error = %e, "edge worker could not register the listener");
+            return;
+        }
+    };
+    let worker = Arc::new(Worker {
+        client: proxy::upstream_client(&shared.config),
+        tasks: TaskTracker::new(),
+        stopping: stop.drain.clone(),
+    });
+    loop {
+        tokio::select! {
+            biased;
+            () = stop.drain.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, remote)) => {
+                    // Small answers should leave at once, not wait for Nagle.
+                    let _ = stream.set_nodelay(true);
+                    worker.tasks.spawn(serve_connection(
+                        Arc::clone(&shared),
+                        Arc::clone(&protocols),
+                        Arc::clone(&worker),
+                        stream,
+                        remote,
+                        stop.clone(),
+                    ));
+                }
+                Err(e) => {
+                    // Accept errors are about one connection or a passing shortage (EMFILE);
+                    // a pause lets descriptors free up instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+    // Closing the listener now means new connections are refused, not left hanging.
+    drop(listener);
+    worker.tasks.close();
+    worker.tasks.wait().await;
+}
+
+/// Serves one downstream connection, HTTP/1.1 or HTTP/2 (prior knowledge), until it closes
+/// or shutdown ends it.
+async fn serve_connection<IO>(
+    shared: Arc<Shared>,
+    protocols: Arc<Protocols>,
+    worker: Arc<Worker>,
+    mut io: IO,
+    remote: SocketAddr,
+    stop: Stop,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // The first bytes decide the protocol. A client that sends nothing is cut off like one
+    // that trickles its head: neither may hold a connection open for free.
+    let sniffed = tokio::select! {
+        () = stop.drain.cancelled() => return,
+        sniffed = tokio::time::timeout(shared.config.header_read_timeout, sniff(&mut io)) => sniffed,
+    };
+    let (prefix, http2) = match sniffed {
+        Ok(Ok(Some(found))) => found,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            debug!(%remote, error = %e, "connection failed before its first request");
+            return;
+        }
+        Err(_elapsed) => {
+            debug!(%remote, "no request head within the header read timeout");
+            return;
+        }
+    };
+
+    let framing = (!http2).then(|| Arc::new(FramingVerdict::new()));
+    let scanner = framing
+        .as_ref()
+        .map(|verdict| FramingScanner::new(shared.config.max_header_bytes, Arc::clone(verdict)));
+    let conn = Arc::new(ConnInfo {
+        worker,
+        remote,
+        http2,
+        framing,
+        requests: AtomicU64::new(0),
+    });
+    let io = TokioIo::new(EdgeIo {
+        prefix,
+        inner: io,
+        scanner,
+    });
+    let service = service_fn(move |req| {
+        let shared = Arc::clone(&shared);
+        let conn = Arc::clone(&conn);
+        async move { Ok::<_, Infallible>(proxy::handle(shared, conn, req).await) }
+    });
+
+    // The two connection types share no trait for graceful shutdown, so the same drive loop
+    // is written out for each.
+    macro_rules! drive {
+        ($conn:expr) => {{
+            let mut conn = pin!($conn);
+            let result = tokio::select! {
+                result = conn.as_mut() => result,
+                () = stop.drain.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    tokio::select! {
+                        result = conn.as_mut() => result,
+                        () = stop.abort.cancelled() => Ok(()),
+                    }
+                }
+            };
+            if let Err(e) = result {
+                debug!(%remote, error = %e, "connection ended with an error");
+            }
+        }};
+    }
+    if http2 {
+        drive!(protocols.http2.serve_connection(io, service));
+    } else {
+        drive!(
+            protocols
+                .http1
+                .serve_connection(io, service)
+                .with_upgrades()
+        );
+    }
+}
+
+/// Reads until the bytes show whether this is an HTTP/2 prior-knowledge connection. Returns
+/// the bytes read (to be replayed) and whether it is HTTP/2; `None` if the peer closed
+/// without sending anything.
+async fn sniff<IO: AsyncRead + Unpin>(io: &mut IO) -> io::Result<Option<(Bytes, bool)>> {
+    let mut buf = BytesMut::with_capacity(4096);
+    loop {
+        let n = io.read_buf(&mut buf).await?;
+        let seen = buf.len().min(H2_PREFACE.len());
+        if buf[..seen] != H2_PREFACE[..seen] {
+            return Ok(Some((buf.freeze(), false)));
+        }
+        if seen == H2_PREFACE.len() {
+            return Ok(Some((buf.freeze(), true)));
+        }
+        if n == 0 {
+            // Closed mid-preface (or before anything): nothing worth answering.
+            return Ok(None);
+        }
+    }
+}
+
+/// The downstream stream as hyper sees it: the sniffed bytes replayed first, and every byte
+/// read shown to the framing scanner (HTTP/1) before hyper parses it.
+struct EdgeIo<IO> {
+    prefix: Bytes,
+    inner: IO,
+    scanner: Option<FramingScanner>,
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for EdgeIo<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        if this.prefix.has_remaining() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix[..n]);
+            this.prefix.advance(n);
+        } else {
+            match Pin::new(&mut this.inner).poll_read(cx, buf) {
+                Poll::Ready(Ok(())) => {}
+                other => return other,
+            }
+        }
+        if let Some(scanner) = &mut this.scanner {
+            scanner.feed(&buf.filled()[before..]);
+            if !scanner.is_active() {
+                this.scanner = None;
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for EdgeIo<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}

@@ -40,3 +40,24 @@ pub struct App {
     /// Creation time.
     pub created_at: DateTime<Utc>,
 }
+
+/// Body of `POST /v1/apps/{app}/preview`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PreviewConfig {
+    /// The sandbox port the dev server listens on (bound to `0.0.0.0`).
+    pub port: u16,
+}
+
+/// Answer of `POST /v1/apps/{app}/preview`: given only once the port answers through the edge.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Preview {
+    /// The stable preview URL.
+    pub url: String,
+    /// `ready`.
+    pub status: String,
+    /// The sandbox port it serves.
+    pub port: u16,
+    /// The sandbox serving it now, `sbx_…`.
+    pub sandbox: String,
+}

@@ -9,7 +9,7 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::apps::{App, AppConfig};
+use crate::apps::{App, AppConfig, Preview, PreviewConfig};
 use crate::orgs::{Node, Org, OrgConfig, OrgUpdate, TokenConfig, TokenCreated};
 use crate::problem::Problem;
 use crate::sandboxes::{
@@ -179,6 +179,16 @@ impl Client {
     /// `DELETE /v1/apps/{app}`.
     pub async fn delete_app(&self, app: &str) -> Result<(), ClientError> {
         self.delete(&format!("/v1/apps/{app}")).await
+    }
+
+    /// `POST /v1/apps/{app}/preview`: answers once `port` answers through the edge, waiting
+    /// up to `wait_s`.
+    pub async fn preview(&self, app: &str, port: u16, wait_s: u64) -> Result<Preview, ClientError> {
+        self.post(
+            &format!("/v1/apps/{app}/preview?wait={wait_s}"),
+            &PreviewConfig { port },
+        )
+        .await
     }
 
     /// `POST /v1/apps/{app}/sandboxes`, waiting up to `wait_s` for it to run.

@@ -29,8 +29,12 @@ pub struct Problem {
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.field {
-            Some(field) => write!(f, "{} (field `{field}`)", self.detail),
-            None => f.write_str(&self.detail),
+            Some(field) => write!(f, "{} (field `{field}`)", self.detail)?,
+            None => f.write_str(&self.detail)?,
         }
+        if let Some(tail) = &self.log_tail {
+            write!(f, "\n--- log tail ---\n{}", tail.trim_end())?;
+        }
+        Ok(())
     }
 }

@@ -45,6 +45,17 @@ pub enum Command {
     /// Sandboxes: the editable machines of apps.
     #[command(subcommand)]
     Sandbox(SandboxCommand),
+    /// Point the app's preview URL at a sandbox port; prints the URL once it answers.
+    Preview {
+        /// App id or slug.
+        app: String,
+        /// The port the dev server listens on (bound to 0.0.0.0).
+        #[arg(long)]
+        port: u16,
+        /// Seconds to wait for the port to answer.
+        #[arg(long, default_value_t = 60)]
+        wait: u64,
+    },
     /// Nodes and their drivers.
     Nodes,
 }

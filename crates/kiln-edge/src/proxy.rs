@@ -23,7 +23,7 @@ use crate::EdgeConfig;
 use crate::body::{self, BodyTooLarge, EdgeBody, LimitedBody};
 use crate::framing::FramingVerdict;
 use crate::pages::{self, PageKind};
-use crate::routes::{Backend, Brand, Resolution, RouteTable, Routes, normalize_host};
+use crate::routes::{Backend, Brand, Resolution, RouteKind, RouteTable, Routes, normalize_host};
 
 /// The upstream client: HTTP/1.1 over plain TCP with pooled keep-alive connections.
 pub(crate) type UpstreamClient = Client<HttpConnector, LimitedBody>;
@@ -128,6 +128,13 @@ pub(crate) async fn handle(
         }
     };
     let brand: &Brand = &route.brand;
+    // A preview's dev server restarts all the time (file edits, crashes, reinstalls): while
+    // nothing answers, end users see the loading page that retries, not "not running".
+    let unanswered = if route.kind == RouteKind::Preview {
+        PageKind::Starting
+    } else {
+        PageKind::NotRunning
+    };
     let upstream = match (&route.backend, table.pick(&host)) {
         (_, Some(addr)) => addr,
         (Backend::Starting, None) => {
@@ -201,7 +208,7 @@ pub(crate) async fn handle(
                 ));
             }
             warn!(%host, %upstream, error = %error_chain(&e), "upstream failed before answering");
-            return pages::response(PageKind::NotRunning, brand, &accept_headers());
+            return pages::response(unanswered, brand, &accept_headers());
         }
         None => {
             warn!(%host, %upstream, "upstream did not answer in time");

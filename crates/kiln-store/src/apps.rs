@@ -19,6 +19,8 @@ pub struct AppRecord {
     pub name: String,
     /// Short name, unique within the org.
     pub slug: String,
+    /// The sandbox port the preview URL serves, once a preview was asked for.
+    pub preview_port: Option<u16>,
     /// When the app was created.
     pub created_at: DateTime<Utc>,
 }
@@ -26,7 +28,7 @@ pub struct AppRecord {
 /// The columns [`from_row`] reads, for `concat!` into queries.
 macro_rules! columns {
     () => {
-        "id, org_id, name, slug, created_at"
+        "id, org_id, name, slug, preview_port, created_at"
     };
 }
 
@@ -36,6 +38,14 @@ fn from_row(row: &AnyRow) -> Result<AppRecord> {
         org_id: row.try_get("org_id")?,
         name: row.try_get("name")?,
         slug: row.try_get("slug")?,
+        preview_port: row
+            .try_get::<Option<i64>, _>("preview_port")?
+            .map(|p| {
+                u16::try_from(p).map_err(|_| StoreError::Corrupt {
+                    what: format!("preview port {p}"),
+                })
+            })
+            .transpose()?,
         created_at: get_time(row, "created_at")?,
     })
 }
@@ -49,6 +59,7 @@ impl Store {
             org_id: org_id.to_owned(),
             name: name.to_owned(),
             slug: slug.to_owned(),
+            preview_port: None,
             created_at: now(),
         };
         sqlx::query(
@@ -100,6 +111,33 @@ impl Store {
         .bind(page_limit(limit))
         .fetch_all(&self.pool)
         .await?;
+        rows.iter().map(from_row).collect()
+    }
+
+    /// Sets (or clears) the sandbox port the app's preview serves.
+    pub async fn set_app_preview_port(
+        &self,
+        org_id: &str,
+        id: &str,
+        port: Option<u16>,
+    ) -> Result<AppRecord> {
+        let done = sqlx::query("UPDATE apps SET preview_port = $3 WHERE org_id = $1 AND id = $2")
+            .bind(org_id)
+            .bind(id)
+            .bind(port.map(i64::from))
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        self.get_app(org_id, id).await
+    }
+
+    /// Every app of every org, oldest first: what the edge's route table is built from.
+    pub async fn list_all_apps(&self) -> Result<Vec<AppRecord>> {
+        let rows = sqlx::query(concat!("SELECT ", columns!(), " FROM apps ORDER BY id"))
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(from_row).collect()
     }
 

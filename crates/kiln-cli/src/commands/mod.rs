@@ -32,6 +32,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Orgs(cmd) => orgs::run(&client()?, &out, cmd).await,
         Command::Apps(cmd) => apps::run(&client()?, &out, cmd).await,
         Command::Sandbox(cmd) => sandbox::run(&client()?, &out, cmd).await,
+        Command::Preview { app, port, wait } => {
+            let preview = client()?.preview(&app, port, wait).await?;
+            out.print(&preview, || preview.url.clone());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Nodes => {
             let nodes = client()?.nodes().await?;
             out.print(&nodes, || {

@@ -5,7 +5,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use kiln_api::List;
-use kiln_api::apps::{App, AppConfig};
+use kiln_api::apps::{App, AppConfig, Preview, PreviewConfig};
 use serde::Deserialize;
 
 use super::ApiJson;
@@ -76,4 +76,20 @@ pub async fn delete(
     let org = service.scope(&caller, scope.org.as_deref()).await?;
     service.delete_app(&org, &app).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Points the app's preview URL at a port of its sandbox; answers once it answers through the
+/// edge (`?wait=S`, default 30), else 503 with the dev server's log tail.
+#[utoipa::path(post, path = "/v1/apps/{app}/preview", request_body = PreviewConfig, responses((status = 200, body = Preview)))]
+pub async fn preview(
+    State(service): State<Service>,
+    caller: Caller,
+    Query(scope): Query<Scope>,
+    Path(app): Path<String>,
+    ApiJson(config): ApiJson<PreviewConfig>,
+) -> ApiResult<Json<Preview>> {
+    let org = service.scope(&caller, scope.org.as_deref()).await?;
+    Ok(Json(
+        service.preview(&org, &app, config.port, scope.wait).await?,
+    ))
 }

@@ -26,6 +26,7 @@ pub fn router(service: Service) -> Router {
         .route("/v1/nodes", get(orgs::nodes))
         .route("/v1/apps", post(apps::create).get(apps::list))
         .route("/v1/apps/{app}", get(apps::get).delete(apps::delete))
+        .route("/v1/apps/{app}/preview", post(apps::preview))
         .route(
             "/v1/apps/{app}/sandboxes",
             post(sandboxes::create).get(sandboxes::list),

@@ -42,6 +42,7 @@ impl Service {
                 .with_field("slug"),
                 other => other.into(),
             })?;
+        self.notify_change();
         self.app_view(record).await
     }
 
@@ -78,6 +79,7 @@ impl Service {
         }
         self.wake_reconciler();
         self.store().delete_app(org_id, &record.id).await?;
+        self.notify_change();
         Ok(())
     }
 

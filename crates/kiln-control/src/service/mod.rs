@@ -4,8 +4,10 @@
 mod apps;
 mod machines;
 mod orgs;
+mod preview;
 mod sandboxes;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use kiln_runtime::Driver;
@@ -35,11 +37,24 @@ struct Inner {
     wake: Notify,
     /// Bumped whenever a sandbox status changes, so `?wait=` callers re-read.
     changes: watch::Sender<u64>,
+    /// The edge's route table.
+    routes: kiln_edge::Routes,
+    /// Serialises rebuilds so an older table is never published after a newer one.
+    routes_rebuild: tokio::sync::Mutex<()>,
+    /// Where the edge listens (loopback when it listens on every interface).
+    edge_addr: SocketAddr,
 }
 
 impl Service {
     /// Builds the service over an opened store and a driver.
-    pub fn new(store: Store, driver: Arc<dyn Driver>, config: Config, node_id: String) -> Self {
+    pub fn new(
+        store: Store,
+        driver: Arc<dyn Driver>,
+        config: Config,
+        node_id: String,
+        routes: kiln_edge::Routes,
+        edge_addr: SocketAddr,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -49,6 +64,9 @@ impl Service {
                 machines: Machines::default(),
                 wake: Notify::new(),
                 changes: watch::Sender::new(0),
+                routes,
+                routes_rebuild: tokio::sync::Mutex::new(()),
+                edge_addr,
             }),
         }
     }
@@ -71,6 +89,19 @@ impl Service {
     /// Machines this node runs, by sandbox id.
     pub fn machines(&self) -> &Machines {
         &self.inner.machines
+    }
+
+    /// Rebuilds the edge's route table from the store and publishes it atomically.
+    pub async fn refresh_routes(&self) -> Result<(), crate::routing::RoutingError> {
+        let _one_at_a_time = self.inner.routes_rebuild.lock().await;
+        let table = crate::routing::build(self).await?;
+        self.inner.routes.publish(table);
+        Ok(())
+    }
+
+    /// Where the edge answers, for probes through it.
+    pub fn edge_addr(&self) -> SocketAddr {
+        self.inner.edge_addr
     }
 
     /// Tells the reconciler that intent changed.

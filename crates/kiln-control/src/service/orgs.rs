@@ -17,6 +17,16 @@ impl Service {
         validate::slug("slug", &config.slug)?;
         validate::domain("base_domain", &config.base_domain)?;
         validate_brand(&config.brand)?;
+        for other in self.store().list_orgs().await? {
+            if domains_overlap(&other.base_domain, &config.base_domain) {
+                return Err(ApiError::conflict(format!(
+                    "base domain `{}` overlaps `{}` of another org: hosts under it would be \
+                     ambiguous; pick a domain of your own",
+                    config.base_domain, other.base_domain
+                ))
+                .with_field("base_domain"));
+            }
+        }
         let record = self
             .store()
             .create_org(&NewOrg {
@@ -34,6 +44,7 @@ impl Service {
                 .with_field("slug"),
                 other => other.into(),
             })?;
+        self.notify_change();
         Ok(org_view(record))
     }
 
@@ -62,6 +73,10 @@ impl Service {
             .store()
             .update_org(&record.id, update.name.as_deref(), brand.as_deref())
             .await?;
+        // The edge answers with the new brand from the next request on.
+        self.refresh_routes()
+            .await
+            .map_err(|e| ApiError::internal("publishing the brand", &e))?;
         Ok(org_view(record))
     }
 
@@ -119,6 +134,12 @@ impl Service {
             Err(ApiError::not_found("org", org))
         }
     }
+}
+
+/// Whether one domain equals the other or lies beneath it.
+fn domains_overlap(a: &str, b: &str) -> bool {
+    let beneath = |x: &str, y: &str| x == y || x.ends_with(&format!(".{y}"));
+    beneath(a, b) || beneath(b, a)
 }
 
 fn validate_brand(brand: &Brand) -> ApiResult<()> {

@@ -1,0 +1,133 @@
+//! The edge's route table, derived from stored intent and observed machine state, and
+//! republished whenever either changes. One resolver answers previews, production hosts and
+//! (later) custom domains alike.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kiln_edge::{Backend, Brand, OrgSite, Route, RouteKind, RouteTable};
+use kiln_store::{Desired, SandboxRecord};
+use tokio_util::sync::CancellationToken;
+
+use crate::service::Service;
+
+/// Republishes the table after every change, and at least this often.
+const RESYNC: Duration = Duration::from_secs(5);
+
+/// Runs until `shutdown`, republishing the route table after every change.
+pub async fn run(service: Service, shutdown: CancellationToken) {
+    let mut changes = service.subscribe_changes();
+    loop {
+        if let Err(e) = service.refresh_routes().await {
+            tracing::warn!(error = %e, "rebuilding routes failed; keeping the previous table");
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = changes.changed() => {}
+            () = tokio::time::sleep(RESYNC) => {}
+        }
+    }
+}
+
+/// Why a table could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum RoutingError {
+    /// Reading intent failed.
+    #[error("reading the store")]
+    Store(#[from] kiln_store::StoreError),
+    /// The generated table is inconsistent (e.g. two orgs on one base domain).
+    #[error("building the route table")]
+    Table(#[from] kiln_edge::RouteTableError),
+}
+
+/// Builds the table: every org's base domain (for branded 404s), and per app its preview
+/// host (`{slug}.sandbox.{base}`) and production host (`{slug}.{base}`).
+pub async fn build(service: &Service) -> Result<RouteTable, RoutingError> {
+    let store = service.store();
+    let orgs = store.list_orgs().await?;
+    let mut brands = HashMap::new();
+    let mut sites = Vec::with_capacity(orgs.len());
+    for org in &orgs {
+        let brand = Arc::new(edge_brand(&org.name, &org.brand));
+        brands.insert(org.id.clone(), (org.base_domain.clone(), brand.clone()));
+        sites.push(OrgSite {
+            org_id: org.id.clone(),
+            base_domain: org.base_domain.clone(),
+            brand,
+        });
+    }
+    let primary = primary_sandboxes(store.list_all_sandboxes().await?);
+    let mut routes = Vec::new();
+    for app in store.list_all_apps().await? {
+        let Some((base, brand)) = brands.get(&app.org_id) else {
+            continue;
+        };
+        let preview = match (app.preview_port, primary.get(&app.id)) {
+            (Some(port), Some(sandbox)) => sandbox_backend(sandbox, port),
+            (Some(_), None) | (None, _) => Backend::Stopped,
+        };
+        routes.push(Route {
+            host: format!("{}.sandbox.{base}", app.slug),
+            kind: RouteKind::Preview,
+            org_id: app.org_id.clone(),
+            brand: brand.clone(),
+            backend: preview,
+        });
+        // Production serves deployments, which arrive with releases; until then the host
+        // answers with the org's "not running" page rather than an unknown-host 404.
+        routes.push(Route {
+            host: format!("{}.{base}", app.slug),
+            kind: RouteKind::Production,
+            org_id: app.org_id.clone(),
+            brand: brand.clone(),
+            backend: Backend::Stopped,
+        });
+    }
+    Ok(RouteTable::new(routes, sites)?)
+}
+
+/// The sandbox that serves an app's preview: its newest one that should be running.
+pub fn primary_sandboxes(sandboxes: Vec<SandboxRecord>) -> HashMap<String, SandboxRecord> {
+    let mut primary: HashMap<String, SandboxRecord> = HashMap::new();
+    for sandbox in sandboxes {
+        if sandbox.desired != Desired::Running {
+            continue;
+        }
+        // Ids sort by creation time, so the greatest id is the newest.
+        match primary.get(&sandbox.app_id) {
+            Some(current) if current.id > sandbox.id => {}
+            _ => {
+                primary.insert(sandbox.app_id.clone(), sandbox);
+            }
+        }
+    }
+    primary
+}
+
+fn sandbox_backend(sandbox: &SandboxRecord, port: u16) -> Backend {
+    match (sandbox.status.as_str(), sandbox.address.as_deref()) {
+        ("running", Some(address)) => match address.parse() {
+            Ok(ip) => Backend::Ready(vec![SocketAddr::new(ip, port)]),
+            Err(_) => Backend::Stopped,
+        },
+        ("starting", _) | ("running", None) => Backend::Starting,
+        _ => Backend::Stopped,
+    }
+}
+
+/// The edge's brand from the stored JSON; the org's name stands in for a missing brand name.
+fn edge_brand(org_name: &str, brand_json: &str) -> Brand {
+    let brand: kiln_api::orgs::Brand = serde_json::from_str(brand_json).unwrap_or_default();
+    Brand {
+        name: if brand.name.trim().is_empty() {
+            org_name.to_owned()
+        } else {
+            brand.name
+        },
+        primary_color: brand.primary_color,
+        logo_url: brand.logo_url,
+        support_url: brand.support_url,
+    }
+}

@@ -15,6 +15,9 @@ if [[ $(id -u) -ne 0 ]]; then
     exit 1
 fi
 
+# The preview test installs a stock Vite dev server from npm; any Node.js with npm will do.
+command -v npm >/dev/null || packages+=(nodejs npm)
+
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -10,6 +10,13 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/kiln-target}"
 # Built machine images are cached the same way (building one takes about a minute).
 export KILN_TEST_IMAGES_DIR="${KILN_TEST_IMAGES_DIR:-/var/cache/kiln-test/images}"
 
+# A stock Vite dev server for the preview test, from npm, cached like the images.
+export KILN_TEST_VITE_DIR="${KILN_TEST_VITE_DIR:-/var/cache/kiln-test/vite}"
+if [[ ! -f "$KILN_TEST_VITE_DIR/node_modules/vite/package.json" ]]; then
+    mkdir -p "$KILN_TEST_VITE_DIR"
+    npm install --prefix "$KILN_TEST_VITE_DIR" --no-audit --no-fund --loglevel=error vite@5
+fi
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 # Integration tests start the real binaries, so build all of them first.

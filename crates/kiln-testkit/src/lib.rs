@@ -155,6 +155,13 @@ impl Kiln {
         Client::new(&self.api_url, Some(token.to_owned()))
     }
 
+    /// Where the edge answers end users.
+    pub fn edge_addr(&self) -> std::net::SocketAddr {
+        self.env["KILN_EDGE_HTTP_ADDR"]
+            .parse()
+            .expect("the edge address was generated as IP:PORT")
+    }
+
     /// The data directory.
     pub fn data_dir(&self) -> &Path {
         &self.data_dir

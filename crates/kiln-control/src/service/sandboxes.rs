@@ -113,6 +113,10 @@ impl Service {
         self.store()
             .set_sandbox_status(&record.id, "deleting", None, None)
             .await?;
+        // The edge stops sending traffic to the machine before it goes away.
+        self.refresh_routes()
+            .await
+            .map_err(|e| ApiError::internal("unpublishing the sandbox's routes", &e))?;
         self.wake_reconciler();
         let mut changes = self.subscribe_changes();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);

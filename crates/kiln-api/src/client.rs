@@ -181,6 +181,17 @@ impl Client {
         self.delete(&format!("/v1/apps/{app}")).await
     }
 
+    /// `GET /v1/edge/routes?after=G&wait=S`: the route set once its generation passes `after`
+    /// (or as it is when `wait_s` runs out).
+    pub async fn edge_routes(
+        &self,
+        after: u64,
+        wait_s: u64,
+    ) -> Result<crate::edge::RouteSet, ClientError> {
+        self.get(&format!("/v1/edge/routes?after={after}&wait={wait_s}"))
+            .await
+    }
+
     /// `POST /v1/apps/{app}/preview`: answers once `port` answers through the edge, waiting
     /// up to `wait_s`.
     pub async fn preview(&self, app: &str, port: u16, wait_s: u64) -> Result<Preview, ClientError> {

@@ -27,6 +27,12 @@ pub struct Cli {
 pub enum Command {
     /// Start the whole platform in this process on the embedded defaults.
     Up(UpArgs),
+    /// Run an edge as its own process, following the control plane's routes (operator token).
+    Edge {
+        /// Address end users connect to.
+        #[arg(long, env = "KILN_EDGE_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+    },
     /// Remember an API URL and token for later commands.
     Login {
         /// API URL, e.g. http://127.0.0.1:7070.

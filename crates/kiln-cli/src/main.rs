@@ -3,6 +3,8 @@
 
 mod cli;
 mod commands;
+mod edge;
+mod logging;
 mod profile;
 mod up;
 

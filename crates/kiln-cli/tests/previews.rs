@@ -465,6 +465,52 @@ async fn previews_and_the_edge() {
         .expect("read");
     assert!(String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 400"));
 
+    // --- the edge as its own process follows the same routes ------------------------------
+    let own_port = kiln_testkit::free_port();
+    let _edge = kiln
+        .cli_process(&["edge", "--listen", &format!("127.0.0.1:{own_port}")])
+        .expect("kiln edge starts");
+    let own_addr = SocketAddr::from(([127, 0, 0, 1], own_port));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(own_addr).await.is_err() {
+        assert!(Instant::now() < deadline, "kiln edge never listened");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let own = edge_client(own_addr);
+    let own_url = url.replace(&format!(":{}", edge.port()), &format!(":{own_port}"));
+    assert!(
+        until_ok(&own, &format!("{own_url}/via-own-edge"))
+            .await
+            .starts_with("hello from v3")
+    );
+    clinic_api
+        .update_org(
+            &clinic.id,
+            &OrgUpdate {
+                name: None,
+                brand: Some(Brand {
+                    name: "Clinic Three".into(),
+                    ..Default::default()
+                }),
+            },
+        )
+        .await
+        .expect("patch brand");
+    let unknown = format!("http://nothing-here.clinic.test:{own_port}/");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let page = fetch(&own, &unknown, "text/html").await;
+        if page.2.contains("Clinic Three") {
+            assert_unbranded("separate edge 404", &page);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the separate edge never saw the brand change"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     vite_through_the_preview(&api, &http, &fresh.id, &url).await;
 }
 

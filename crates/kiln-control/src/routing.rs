@@ -3,11 +3,10 @@
 //! (later) custom domains alike.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use kiln_edge::{Backend, Brand, OrgSite, Route, RouteKind, RouteTable};
+use kiln_api::edge::{BackendEntry, RouteEntry, RouteSet, SiteEntry};
+use kiln_api::orgs::Brand;
 use kiln_store::{Desired, SandboxRecord};
 use tokio_util::sync::CancellationToken;
 
@@ -42,18 +41,18 @@ pub enum RoutingError {
     Table(#[from] kiln_edge::RouteTableError),
 }
 
-/// Builds the table: every org's base domain (for branded 404s), and per app its preview
-/// host (`{slug}.sandbox.{base}`) and production host (`{slug}.{base}`).
-pub async fn build(service: &Service) -> Result<RouteTable, RoutingError> {
+/// Builds the route set (generation 0; the publisher numbers it): every org's base domain,
+/// and per app its preview host (`{slug}.sandbox.{base}`) and production host (`{slug}.{base}`).
+pub async fn build(service: &Service) -> Result<RouteSet, RoutingError> {
     let store = service.store();
     let orgs = store.list_orgs().await?;
-    let mut brands = HashMap::new();
+    let mut by_org = HashMap::new();
     let mut sites = Vec::with_capacity(orgs.len());
     for org in &orgs {
-        let brand = Arc::new(edge_brand(&org.name, &org.brand));
-        brands.insert(org.id.clone(), (org.base_domain.clone(), brand.clone()));
-        sites.push(OrgSite {
-            org_id: org.id.clone(),
+        let brand = brand_of(&org.name, &org.brand);
+        by_org.insert(org.id.clone(), (org.base_domain.clone(), brand.clone()));
+        sites.push(SiteEntry {
+            org: org.id.clone(),
             base_domain: org.base_domain.clone(),
             brand,
         });
@@ -61,31 +60,35 @@ pub async fn build(service: &Service) -> Result<RouteTable, RoutingError> {
     let primary = primary_sandboxes(store.list_all_sandboxes().await?);
     let mut routes = Vec::new();
     for app in store.list_all_apps().await? {
-        let Some((base, brand)) = brands.get(&app.org_id) else {
+        let Some((base, brand)) = by_org.get(&app.org_id) else {
             continue;
         };
         let preview = match (app.preview_port, primary.get(&app.id)) {
             (Some(port), Some(sandbox)) => sandbox_backend(sandbox, port),
-            (Some(_), None) | (None, _) => Backend::Stopped,
+            (Some(_), None) | (None, _) => BackendEntry::Stopped,
         };
-        routes.push(Route {
+        routes.push(RouteEntry {
             host: format!("{}.sandbox.{base}", app.slug),
-            kind: RouteKind::Preview,
-            org_id: app.org_id.clone(),
+            kind: "preview".into(),
+            org: app.org_id.clone(),
             brand: brand.clone(),
             backend: preview,
         });
         // Production serves deployments, which arrive with releases; until then the host
         // answers with the org's "not running" page rather than an unknown-host 404.
-        routes.push(Route {
+        routes.push(RouteEntry {
             host: format!("{}.{base}", app.slug),
-            kind: RouteKind::Production,
-            org_id: app.org_id.clone(),
+            kind: "production".into(),
+            org: app.org_id.clone(),
             brand: brand.clone(),
-            backend: Backend::Stopped,
+            backend: BackendEntry::Stopped,
         });
     }
-    Ok(RouteTable::new(routes, sites)?)
+    Ok(RouteSet {
+        generation: 0,
+        routes,
+        sites,
+    })
 }
 
 /// The sandbox that serves an app's preview: its newest one that should be running.
@@ -106,28 +109,21 @@ pub fn primary_sandboxes(sandboxes: Vec<SandboxRecord>) -> HashMap<String, Sandb
     primary
 }
 
-fn sandbox_backend(sandbox: &SandboxRecord, port: u16) -> Backend {
+fn sandbox_backend(sandbox: &SandboxRecord, port: u16) -> BackendEntry {
     match (sandbox.status.as_str(), sandbox.address.as_deref()) {
-        ("running", Some(address)) => match address.parse() {
-            Ok(ip) => Backend::Ready(vec![SocketAddr::new(ip, port)]),
-            Err(_) => Backend::Stopped,
+        ("running", Some(address)) => BackendEntry::Ready {
+            addrs: vec![format!("{address}:{port}")],
         },
-        ("starting", _) | ("running", None) => Backend::Starting,
-        _ => Backend::Stopped,
+        ("starting", _) | ("running", None) => BackendEntry::Starting,
+        _ => BackendEntry::Stopped,
     }
 }
 
-/// The edge's brand from the stored JSON; the org's name stands in for a missing brand name.
-fn edge_brand(org_name: &str, brand_json: &str) -> Brand {
-    let brand: kiln_api::orgs::Brand = serde_json::from_str(brand_json).unwrap_or_default();
-    Brand {
-        name: if brand.name.trim().is_empty() {
-            org_name.to_owned()
-        } else {
-            brand.name
-        },
-        primary_color: brand.primary_color,
-        logo_url: brand.logo_url,
-        support_url: brand.support_url,
+/// The brand from the stored JSON; the org's name stands in for a missing brand name.
+fn brand_of(org_name: &str, brand_json: &str) -> Brand {
+    let mut brand: Brand = serde_json::from_str(brand_json).unwrap_or_default();
+    if brand.name.trim().is_empty() {
+        org_name.clone_into(&mut brand.name);
     }
+    brand
 }

@@ -28,6 +28,7 @@ pub mod pages;
 mod proxy;
 mod routes;
 mod server;
+mod wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -83,6 +83,12 @@ pub enum RouteTableError {
     /// A host or base domain is empty or has characters no host name can have.
     #[error("{0:?} is not a valid host name")]
     InvalidHost(String),
+    /// An upstream is not `IP:PORT`.
+    #[error("{0:?} is not an upstream address (IP:PORT)")]
+    InvalidAddress(String),
+    /// A route kind no edge knows.
+    #[error("{0:?} is not a route kind")]
+    InvalidKind(String),
 }
 
 /// A route plus its round-robin cursor; the cursor lives with the snapshot so a swap resets it.

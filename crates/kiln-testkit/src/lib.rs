@@ -176,6 +176,20 @@ impl Kiln {
             .expect("the kiln binary runs")
     }
 
+    /// Starts a long-running CLI verb (e.g. `kiln edge`) configured like [`Kiln::cli`]; the
+    /// process is killed when the returned guard drops.
+    pub fn cli_process(&self, args: &[&str]) -> anyhow::Result<ChildGuard> {
+        let child = std::process::Command::new(&self.binary)
+            .args(args)
+            .env("KILN_CLI_CONFIG", &self.env["KILN_CLI_CONFIG"])
+            .env("KILN_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .with_context(|| format!("spawn kiln {args:?}"))?;
+        Ok(ChildGuard(child))
+    }
+
     /// Kills `kiln up` with SIGKILL, as a crash would.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -212,6 +226,16 @@ impl Kiln {
         let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(60)..].join("\n")
+    }
+}
+
+/// A child process killed on drop.
+pub struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 

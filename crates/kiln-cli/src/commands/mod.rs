@@ -19,6 +19,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let client = || client(cli.api.clone(), cli.token.clone());
     match cli.command {
         Command::Up(args) => crate::up::run(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Edge { listen } => crate::edge::run(client()?, listen)
+            .await
+            .map(|()| ExitCode::SUCCESS),
         Command::Login { url, token } => {
             let client = Client::new(&url, Some(token.clone()));
             client.health().await.context("check the API")?;

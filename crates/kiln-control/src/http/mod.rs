@@ -2,6 +2,7 @@
 //! extract, call one [`Service`] method and serialize; nothing else.
 
 mod apps;
+mod edge;
 mod extract;
 mod openapi;
 mod orgs;
@@ -24,6 +25,7 @@ pub fn router(service: Service) -> Router {
         .route("/v1/orgs/{org}", get(orgs::get).patch(orgs::update))
         .route("/v1/orgs/{org}/tokens", post(orgs::create_token))
         .route("/v1/nodes", get(orgs::nodes))
+        .route("/v1/edge/routes", get(edge::routes))
         .route("/v1/apps", post(apps::create).get(apps::list))
         .route("/v1/apps/{app}", get(apps::get).delete(apps::delete))
         .route("/v1/apps/{app}/preview", post(apps::preview))

@@ -3,7 +3,7 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::{apps, orgs, sandboxes};
+use super::{apps, edge, orgs, sandboxes};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -15,10 +15,12 @@ use super::{apps, orgs, sandboxes};
         orgs::update,
         orgs::create_token,
         orgs::nodes,
+        edge::routes,
         apps::create,
         apps::list,
         apps::get,
         apps::delete,
+        apps::preview,
         sandboxes::create,
         sandboxes::list,
         sandboxes::get,

@@ -37,8 +37,10 @@ struct Inner {
     wake: Notify,
     /// Bumped whenever a sandbox status changes, so `?wait=` callers re-read.
     changes: watch::Sender<u64>,
-    /// The edge's route table.
+    /// The in-process edge's route table.
     routes: kiln_edge::Routes,
+    /// The latest route set, for edges in other processes.
+    route_set: watch::Sender<Arc<kiln_api::edge::RouteSet>>,
     /// Serialises rebuilds so an older table is never published after a newer one.
     routes_rebuild: tokio::sync::Mutex<()>,
     /// Where the edge listens (loopback when it listens on every interface).
@@ -65,6 +67,7 @@ impl Service {
                 wake: Notify::new(),
                 changes: watch::Sender::new(0),
                 routes,
+                route_set: watch::Sender::new(Arc::default()),
                 routes_rebuild: tokio::sync::Mutex::new(()),
                 edge_addr,
             }),
@@ -94,9 +97,31 @@ impl Service {
     /// Rebuilds the edge's route table from the store and publishes it atomically.
     pub async fn refresh_routes(&self) -> Result<(), crate::routing::RoutingError> {
         let _one_at_a_time = self.inner.routes_rebuild.lock().await;
-        let table = crate::routing::build(self).await?;
+        let mut set = crate::routing::build(self).await?;
+        let current = self.inner.route_set.borrow().clone();
+        set.generation = current.generation;
+        if set == *current && current.generation > 0 {
+            return Ok(());
+        }
+        set.generation += 1;
+        let table = kiln_edge::RouteTable::from_set(&set)?;
         self.inner.routes.publish(table);
+        self.inner.route_set.send_replace(Arc::new(set));
         Ok(())
+    }
+
+    /// The route set once its generation passes `after`, or the current one after `wait`.
+    pub async fn route_set(
+        &self,
+        after: u64,
+        wait: std::time::Duration,
+    ) -> Arc<kiln_api::edge::RouteSet> {
+        let mut updates = self.inner.route_set.subscribe();
+        let newer = updates.wait_for(|set| set.generation > after);
+        match tokio::time::timeout(wait, newer).await {
+            Ok(Ok(set)) => set.clone(),
+            _ => self.inner.route_set.borrow().clone(),
+        }
     }
 
     /// Where the edge answers, for probes through it.

@@ -2,11 +2,15 @@
 # Benchmark: the edge beside nginx and caddy, all in front of the same tiny upstream (13-byte
 # body) on loopback, measured in one run with `wrk -t1 -c32 -d8s`. wrk shares the cores with
 # the proxies, so compare the ratios printed here, not absolute figures across runs.
+# Then one more run of the 2-thread edge while a brand-new 1,001-route table is published
+# BENCH_CHURN times a second (`kiln-edge-bench --churn`): its figures, failed requests and the
+# achieved publish rate are printed beside the plain run's, and the script exits non-zero if any
+# request failed under churn.
 # Release build; installs nginx, caddy and wrk from Debian if missing (needs root). The peers
 # run as foreground processes with temporary configs; no system service is enabled or started.
 #
 # Environment: BENCH_DURATION (8s), BENCH_CONNECTIONS (32), BENCH_ROUNDS (3; medians shown), BENCH_NGINX_PORT (18481),
-# BENCH_CADDY_PORT (18482), CARGO_TARGET_DIR.
+# BENCH_CADDY_PORT (18482), BENCH_CHURN (1000 tables/s), CARGO_TARGET_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +19,7 @@ rounds="${BENCH_ROUNDS:-3}"
 connections="${BENCH_CONNECTIONS:-32}"
 nginx_port="${BENCH_NGINX_PORT:-18481}"
 caddy_port="${BENCH_CADDY_PORT:-18482}"
+churn_rate="${BENCH_CHURN:-1000}"
 host="bench.test"
 
 # --- peers -------------------------------------------------------------------------------------
@@ -151,11 +156,24 @@ to_ms() { # wrk latency like 156.00us / 1.17ms / 1.02s
 }
 # Each target is measured in several interleaved rounds and the median kept, because the
 # machine's neighbours make single runs swing widely.
-declare -A rps p50 p99
+declare -A rps p50 p99 fails warmup_fails
 median() { tr ' ' '\n' | grep . | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+# Failed requests in a wrk report: "Non-2xx or 3xx responses: N" plus "Socket errors: connect A,
+# read B, write C, timeout D" (wrk prints either line only when it is not zero). Prints
+# "TOTAL NON2XX CONNECT READ WRITE TIMEOUT".
+failures() { # wrk output
+    awk '/Non-2xx or 3xx responses:/ { bad += $5 }
+        /Socket errors:/ { gsub(",", ""); c += $4; r += $6; w += $8; t += $10 }
+        END { printf "%d %d %d %d %d %d\n", bad + c + r + w + t, bad, c, r, w, t }' <<<"$1"
+}
 run() { # name url
-    wrk -t1 -c"$connections" -d1s -H "Host: $host" "$2" >/dev/null # warm-up
-    local out
+    local out warmup_failed
+    out="$(wrk -t1 -c"$connections" -d1s -H "Host: $host" "$2")" # warm-up
+    warmup_failed="$(failures "$out" | cut -d' ' -f1)"
+    warmup_fails[$1]=$((${warmup_fails[$1]:-0} + warmup_failed))
+    if ((warmup_failed)); then
+        echo "warning: $1 had $warmup_failed failed requests in the warm-up" >&2
+    fi
     out="$(wrk -t1 -c"$connections" -d"$duration" --latency -H "Host: $host" "$2")"
     if grep -q 'Non-2xx' <<<"$out"; then
         echo "warning: $1 answered non-2xx: $(grep 'Non-2xx' <<<"$out")" >&2
@@ -163,6 +181,7 @@ run() { # name url
     rps[$1]+=" $(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' <<<"$out")"
     p50[$1]+=" $(to_ms "$(awk '$1 == "50%" { print $2 }' <<<"$out")")"
     p99[$1]+=" $(to_ms "$(awk '$1 == "99%" { print $2 }' <<<"$out")")"
+    fails[$1]+="$(failures "$out");"
 }
 names=("upstream direct" "kiln edge, 2 thr" "kiln edge, 1 thr" "nginx, 1 worker" "caddy")
 urls=("http://$upstream/" "http://$edge2/" "http://$edge1/" "http://127.0.0.1:$nginx_port/"
@@ -192,3 +211,60 @@ for name in "${names[@]}"; do
         "${p99[$name]}" "$(ratio "${rps[$name]}" "${rps[nginx, 1 worker]}")" \
         "$(ratio "${rps[$name]}" "${rps[caddy]}")"
 done
+
+# --- under route churn ------------------------------------------------------------------------
+# The 2-thread edge again, in front of the same upstream, while it publishes a brand-new table
+# (the bench route plus 1,000 others on changing backends) $churn_rate times a second.
+"$bench_bin" --churn "$churn_rate" --upstream "$upstream" >"$tmp/churn.out" 2>"$tmp/churn.err" &
+pids+=($!)
+edge_churn="$(addr_of "$tmp/churn.out" edge)"
+wait_http "http://$edge_churn/"
+churn_name="kiln 2 thr, churn"
+echo "churn run: $churn_rate tables/s" >&2
+churn_lines_before="$(wc -l <"$tmp/churn.err")"
+run "$churn_name" "http://$edge_churn/"
+# The edge reports "churn: published X tables/s" once a second; average the reports made
+# while wrk ran (warm-up included: the edge was under the same load then).
+churn_reports="$(tail -n +"$((churn_lines_before + 1))" "$tmp/churn.err" |
+    awk '/^churn: published [0-9]+ tables\/s$/ { print $3 }')"
+churn_achieved="$(awk 'NF { s += $1; n++ } END { if (n) printf "%.0f", s / n; else print "none" }' \
+    <<<"$churn_reports")"
+churn_min="$(sort -g <<<"$churn_reports" | awk 'NF { print; exit }')"
+if grep -qv '^churn: published [0-9]* tables/s$' "$tmp/churn.err"; then
+    echo "churn edge stderr:" >&2
+    grep -v '^churn: published [0-9]* tables/s$' "$tmp/churn.err" >&2
+fi
+
+sum_failures() { # "T N C R W O;" per run -> the same six counts summed over runs
+    tr ';' '\n' | awk 'NF { for (i = 1; i <= 6; i++) v[i] += $i }
+        END { printf "%d %d %d %d %d %d\n", v[1], v[2], v[3], v[4], v[5], v[6] }'
+}
+echo
+echo "under route churn: a new $((1000 + 1))-route table published through the edge's Routes handle"
+echo "$churn_rate times/s; wrk -t1 -c$connections -d$duration, one run (plain kiln rows from above)"
+echo
+printf '| %-17s | %8s | %8s | %8s | %8s | %8s |\n' target req/s "p50 ms" "p99 ms" failed "tables/s"
+printf '|%s|%s|%s|%s|%s|%s|\n' ------------------- ---------- ---------- ---------- ---------- ----------
+breakdown=()
+churn_failed=0
+for name in "kiln edge, 2 thr" "kiln edge, 1 thr" "$churn_name"; do
+    read -r total bad connect readerr writeerr timeout <<<"$(sum_failures <<<"${fails[$name]}")"
+    tables="-"
+    if [[ "$name" == "$churn_name" ]]; then
+        churn_failed=$((total + ${warmup_fails[$name]}))
+        tables="$churn_achieved"
+    fi
+    printf '| %-17s | %8s | %8s | %8s | %8s | %8s |\n' "$name" \
+        "$(median <<<"${rps[$name]}")" "$(median <<<"${p50[$name]}")" \
+        "$(median <<<"${p99[$name]}")" "$total" "$tables"
+    breakdown+=("$name: $total (non-2xx/3xx $bad; socket errors: connect $connect, read $readerr, write $writeerr, timeout $timeout; ${warmup_fails[$name]} more in warm-ups)")
+done
+echo
+echo "achieved publish rate during the churn run: $churn_achieved tables/s on average (target $churn_rate,"
+echo "lowest second ${churn_min:-none}, $(grep -c . <<<"$churn_reports" || true) one-second reports)"
+echo "failed requests = wrk's non-2xx/3xx responses + socket errors; plain runs summed over $rounds round(s):"
+printf '  %s\n' "${breakdown[@]}"
+if ((churn_failed)); then
+    echo "FAIL: $churn_failed requests failed under route churn" >&2
+    exit 1
+fi

@@ -192,6 +192,108 @@ impl Client {
             .await
     }
 
+    /// `POST /v1/apps/{app}/releases`.
+    pub async fn publish(
+        &self,
+        app: &str,
+        config: &crate::releases::ReleaseConfig,
+    ) -> Result<crate::releases::Release, ClientError> {
+        self.post(&format!("/v1/apps/{app}/releases"), config).await
+    }
+
+    /// `GET /v1/apps/{app}/releases`.
+    pub async fn releases(&self, app: &str) -> Result<List<crate::releases::Release>, ClientError> {
+        self.get(&format!("/v1/apps/{app}/releases")).await
+    }
+
+    /// `GET /v1/releases/{rel}/verify`.
+    pub async fn verify_release(
+        &self,
+        rel: &str,
+    ) -> Result<crate::releases::Verification, ClientError> {
+        self.get(&format!("/v1/releases/{rel}/verify")).await
+    }
+
+    /// `POST /v1/apps/{app}/deployments`.
+    pub async fn deploy(
+        &self,
+        app: &str,
+        release: &str,
+    ) -> Result<crate::releases::Deployment, ClientError> {
+        let body = crate::releases::DeployConfig {
+            release: release.to_owned(),
+        };
+        self.post(&format!("/v1/apps/{app}/deployments"), &body)
+            .await
+    }
+
+    /// `GET /v1/apps/{app}/deployments`.
+    pub async fn deployments(
+        &self,
+        app: &str,
+    ) -> Result<List<crate::releases::Deployment>, ClientError> {
+        self.get(&format!("/v1/apps/{app}/deployments")).await
+    }
+
+    /// `POST /v1/apps/{app}/rollback`.
+    pub async fn rollback(
+        &self,
+        app: &str,
+        release: Option<&str>,
+    ) -> Result<crate::releases::Deployment, ClientError> {
+        let body = crate::releases::RollbackConfig {
+            release: release.map(str::to_owned),
+        };
+        self.post(&format!("/v1/apps/{app}/rollback"), &body).await
+    }
+
+    /// `POST /v1/artifacts/uploads`.
+    pub async fn create_upload(
+        &self,
+        size: u64,
+        digest: &str,
+    ) -> Result<crate::releases::Upload, ClientError> {
+        let body = crate::releases::UploadConfig {
+            size,
+            digest: digest.to_owned(),
+        };
+        self.post("/v1/artifacts/uploads", &body).await
+    }
+
+    /// `GET /v1/artifacts/uploads/{id}`: which parts arrived.
+    pub async fn upload_status(&self, id: &str) -> Result<crate::releases::Upload, ClientError> {
+        self.get(&format!("/v1/artifacts/uploads/{id}")).await
+    }
+
+    /// `PUT /v1/artifacts/uploads/{id}/parts/{n}`.
+    pub async fn put_part(
+        &self,
+        id: &str,
+        n: u32,
+        bytes: Vec<u8>,
+    ) -> Result<crate::releases::Upload, ClientError> {
+        self.json(
+            self.request(
+                Method::PUT,
+                &format!("/v1/artifacts/uploads/{id}/parts/{n}"),
+            )
+            .body(bytes),
+        )
+        .await
+    }
+
+    /// `POST /v1/artifacts/uploads/{id}/complete`.
+    pub async fn complete_upload(
+        &self,
+        id: &str,
+    ) -> Result<crate::releases::UploadCompleted, ClientError> {
+        self.post(
+            &format!("/v1/artifacts/uploads/{id}/complete"),
+            &serde_json::json!({}),
+        )
+        .await
+    }
+
     /// `POST /v1/apps/{app}/preview`: answers once `port` answers through the edge, waiting
     /// up to `wait_s`.
     pub async fn preview(&self, app: &str, port: u16, wait_s: u64) -> Result<Preview, ClientError> {

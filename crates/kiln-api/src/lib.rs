@@ -7,6 +7,7 @@ pub mod client;
 pub mod edge;
 pub mod orgs;
 pub mod problem;
+pub mod releases;
 pub mod sandboxes;
 
 pub use client::{Client, ClientError};

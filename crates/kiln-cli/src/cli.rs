@@ -62,6 +62,57 @@ pub enum Command {
         #[arg(long, default_value_t = 60)]
         wait: u64,
     },
+    /// Freeze a sandbox's workspace (or a local directory) into an immutable release.
+    Publish {
+        /// App id or slug.
+        app: String,
+        /// The sandbox whose workspace to publish (default: the app's newest).
+        #[arg(long, conflicts_with = "dir")]
+        sandbox: Option<String>,
+        /// Publish this local directory instead (uploaded in resumable parts).
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+        /// Shell command that serves the app.
+        #[arg(long)]
+        start: String,
+        /// Port the app listens on.
+        #[arg(long)]
+        port: u16,
+        /// Shell command run in the sandbox first (e.g. `npm run build`).
+        #[arg(long)]
+        build: Option<String>,
+        /// Health check path.
+        #[arg(long)]
+        health: Option<String>,
+    },
+    /// Deploy a release to the app's production URL.
+    Deploy {
+        /// App id or slug.
+        app: String,
+        /// Release id or `vN` (default: the newest).
+        #[arg(long)]
+        release: Option<String>,
+    },
+    /// Point production back at an earlier release, without rebuilding.
+    Rollback {
+        /// App id or slug.
+        app: String,
+        /// Release id or `vN` (default: the previously live one).
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// Releases: list them, or verify one's signature and artifact.
+    Releases {
+        /// App id or slug (to list), or `verify`.
+        app: String,
+        /// With `verify`: the release id.
+        release: Option<String>,
+    },
+    /// Deployment history of an app, newest first.
+    Deployments {
+        /// App id or slug.
+        app: String,
+    },
     /// Nodes and their drivers.
     Nodes,
 }

@@ -11,43 +11,17 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
+use kiln_api::Client;
 use kiln_api::apps::AppConfig;
 use kiln_api::orgs::{Brand, OrgConfig, OrgUpdate};
 use kiln_api::sandboxes::{ExecConfig, ProcessConfig, SandboxConfig};
-use kiln_api::{Client, ClientError, Problem};
-use kiln_testkit::Kiln;
+use kiln_testkit::{Kiln, edge_client, problem};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const DEV_SERVER: &str = include_str!("fixtures/devserver.py");
 const MAX_BODY: u64 = 64 << 20;
-
-fn problem(result: Result<impl std::fmt::Debug, ClientError>) -> Problem {
-    match result {
-        Err(ClientError::Problem(p)) => *p,
-        other => panic!("expected a problem answer, got {other:?}"),
-    }
-}
-
-/// An HTTP client that sends every host to the edge, as DNS would.
-fn edge_client(edge: SocketAddr) -> reqwest::Client {
-    reqwest::Client::builder()
-        .dns_resolver(std::sync::Arc::new(ToEdge(edge)))
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(15))
-        .build()
-        .expect("client")
-}
-
-struct ToEdge(SocketAddr);
-
-impl reqwest::dns::Resolve for ToEdge {
-    fn resolve(&self, _: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let addr = self.0;
-        Box::pin(async move { Ok(Box::new(std::iter::once(addr)) as reqwest::dns::Addrs) })
-    }
-}
 
 fn dev_process(name: &str, port: u16, greeting: &str) -> ProcessConfig {
     ProcessConfig {

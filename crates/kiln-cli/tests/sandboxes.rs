@@ -6,11 +6,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::StreamExt;
+use kiln_api::Problem;
 use kiln_api::apps::AppConfig;
 use kiln_api::orgs::{Brand, OrgConfig};
 use kiln_api::sandboxes::{ExecConfig, ExecEvent, SandboxConfig, SandboxStatus};
-use kiln_api::{ClientError, Problem};
-use kiln_testkit::Kiln;
+use kiln_testkit::{Kiln, cli_json, problem};
 use rand::RngCore;
 use reqwest::Method;
 
@@ -25,23 +25,6 @@ fn exec(cmd: &[&str]) -> ExecConfig {
 
 fn sh(script: &str) -> ExecConfig {
     exec(&["sh", "-c", script])
-}
-
-fn problem(result: Result<impl std::fmt::Debug, ClientError>) -> Problem {
-    match result {
-        Err(ClientError::Problem(p)) => *p,
-        other => panic!("expected a problem answer, got {other:?}"),
-    }
-}
-
-fn stdout_json(output: &std::process::Output) -> serde_json::Value {
-    assert!(
-        output.status.success(),
-        "kiln failed: {}\n{}",
-        String::from_utf8_lossy(&output.stderr),
-        String::from_utf8_lossy(&output.stdout)
-    );
-    serde_json::from_slice(&output.stdout).expect("--json prints JSON")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -91,7 +74,7 @@ async fn sandboxes_end_to_end() {
     );
 
     // --- CLI: app and sandbox -------------------------------------------------------
-    let app = stdout_json(&kiln.cli(&["--json", "apps", "create", "Shop Front"]));
+    let app = cli_json(&kiln.cli(&["--json", "apps", "create", "Shop Front"]));
     assert_eq!(app["slug"], "shop-front");
     let shown = kiln.cli(&["apps", "show", "shop-front"]);
     let shown = String::from_utf8_lossy(&shown.stdout);
@@ -100,7 +83,7 @@ async fn sandboxes_end_to_end() {
         "{shown}"
     );
 
-    let sandbox = stdout_json(&kiln.cli(&["--json", "sandbox", "create", "shop-front"]));
+    let sandbox = cli_json(&kiln.cli(&["--json", "sandbox", "create", "shop-front"]));
     assert_eq!(sandbox["status"], "running", "{sandbox}");
     let sbx = sandbox["id"].as_str().expect("id").to_owned();
     let address = sandbox["address"].as_str().expect("address").to_owned();
@@ -117,7 +100,7 @@ async fn sandboxes_end_to_end() {
     let local = tmp.path().join("blob.bin");
     std::fs::write(&local, &blob).expect("write local");
     let remote = format!("{sbx}:data/blob.bin");
-    stdout_json(&kiln.cli(&[
+    cli_json(&kiln.cli(&[
         "--json",
         "sandbox",
         "cp",
@@ -125,7 +108,7 @@ async fn sandboxes_end_to_end() {
         &remote,
     ]));
     let back = tmp.path().join("back.bin");
-    stdout_json(&kiln.cli(&[
+    cli_json(&kiln.cli(&[
         "--json",
         "sandbox",
         "cp",

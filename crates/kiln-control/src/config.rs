@@ -58,6 +58,10 @@ pub struct RawNetwork {
 pub struct RawLimits {
     /// Largest file accepted by a sandbox file write, in bytes.
     pub max_file_bytes: Option<u64>,
+    /// Largest release artifact, in bytes.
+    pub max_artifact_bytes: Option<u64>,
+    /// Seconds a new deployment has to pass its health check.
+    pub health_timeout_s: Option<u64>,
     /// Default memory of a sandbox in MiB.
     pub sandbox_memory_mib: Option<u32>,
     /// Default vCPUs of a sandbox.
@@ -97,6 +101,10 @@ pub struct Config {
     pub egress: bool,
     /// Largest sandbox file write.
     pub max_file_bytes: u64,
+    /// Largest release artifact.
+    pub max_artifact_bytes: u64,
+    /// Time a new deployment has to pass its health check.
+    pub health_timeout: std::time::Duration,
     /// Default sandbox memory.
     pub sandbox_memory_mib: u32,
     /// Default sandbox vCPUs.
@@ -246,6 +254,10 @@ impl Config {
                 .unwrap_or_else(|| "10.88.0.0/16".to_owned()),
             egress,
             max_file_bytes: raw.limits.max_file_bytes.unwrap_or(100 << 20),
+            max_artifact_bytes: raw.limits.max_artifact_bytes.unwrap_or(2 << 30),
+            health_timeout: std::time::Duration::from_secs(
+                raw.limits.health_timeout_s.unwrap_or(60),
+            ),
             sandbox_memory_mib: raw.limits.sandbox_memory_mib.unwrap_or(1024),
             sandbox_vcpus: raw.limits.sandbox_vcpus.unwrap_or(1),
             machine_pids_max: raw.limits.machine_pids_max.unwrap_or(1024),

@@ -72,14 +72,23 @@ impl Platform {
             edge_addr
         };
         let routes = kiln_edge::Routes::default();
-        let service = Service::new(
+        let artifacts = kiln_artifacts::ArtifactStore::open(config.data_dir.join("artifacts"))
+            .await
+            .context("open the artifact store")?;
+        let signer = kiln_artifacts::SigningKey::load_or_create(
+            &config.data_dir.join("release-signing.key"),
+        )
+        .context("load the release signing key")?;
+        let service = Service::new(service::Parts {
             store,
             driver,
-            config.clone(),
+            config: config.clone(),
             node_id,
-            routes.clone(),
-            probe_addr,
-        );
+            routes: routes.clone(),
+            edge_addr: probe_addr,
+            artifacts,
+            signer,
+        });
         let generated_operator_token = service
             .bootstrap()
             .await

@@ -22,6 +22,9 @@ pub async fn run(service: Service, shutdown: CancellationToken) {
         if let Err(e) = pass(&service, &in_flight).await {
             tracing::warn!(error = %e, "reconcile pass failed; retrying");
         }
+        if let Err(e) = deployments_pass(&service, service.promoting()).await {
+            tracing::warn!(error = %e, "deployment pass failed; retrying");
+        }
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = service.reconciler_woken() => {}
@@ -171,4 +174,103 @@ pub async fn stop_all(service: &Service) {
             tracing::warn!(machine = %id, error = %e, "stopping machine failed");
         }
     }
+}
+
+/// How long a superseded deployment's machine stays warm for an instant rollback.
+pub const WARM_WINDOW: Duration = Duration::from_secs(300);
+
+/// Brings production back after a restart (adopting or re-booting live deployments from
+/// their artifacts), fails promotions a crash interrupted, and stops machines whose warm
+/// window has passed.
+pub async fn deployments_pass(
+    service: &Service,
+    promoting: &std::sync::Mutex<HashSet<String>>,
+) -> Result<(), kiln_store::StoreError> {
+    let store = service.store();
+    for record in store.list_active_deployments().await? {
+        if promoting
+            .lock()
+            .expect("promoting lock is never poisoned")
+            .contains(&record.id)
+        {
+            continue;
+        }
+        match record.status.as_str() {
+            "live" if service.machines().get(&record.id).is_none() => {
+                let release = store
+                    .get_release(&record.org_id, None, &record.release_id)
+                    .await?;
+                let Ok(manifest) = serde_json::from_str(&release.manifest) else {
+                    continue;
+                };
+                match service
+                    .start_release_machine(&record, &release, &manifest)
+                    .await
+                {
+                    Ok(address) => {
+                        let address = address.to_string();
+                        if record.address.as_deref() != Some(address.as_str()) {
+                            store
+                                .set_deployment_status(
+                                    &record.id,
+                                    "live",
+                                    None,
+                                    None,
+                                    Some(&address),
+                                )
+                                .await?;
+                            service.notify_change();
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(deployment = %record.id, error = %e, "live deployment not serving; will retry")
+                    }
+                }
+            }
+            "pending" | "healthy" if service.machines().get(&record.id).is_none() => {
+                let _ = service.driver().destroy(&record.id).await;
+                store
+                    .set_deployment_status(
+                        &record.id,
+                        "failed",
+                        Some("interrupted by a restart of the platform; deploy again"),
+                        None,
+                        None,
+                    )
+                    .await?;
+            }
+            "superseded" => {
+                let age = chrono::Utc::now() - record.updated_at;
+                if age.to_std().unwrap_or_default() > WARM_WINDOW {
+                    service.machines().remove(&record.id);
+                    if let Err(e) = service.driver().destroy(&record.id).await {
+                        tracing::warn!(deployment = %record.id, error = %e, "stopping a warm machine failed; will retry");
+                        continue;
+                    }
+                    store
+                        .set_deployment_status(&record.id, "stopped", None, None, None)
+                        .await?;
+                    service.notify_change();
+                } else if service.machines().get(&record.id).is_none() {
+                    // After a restart a warm machine is adopted if it still runs, else forgotten.
+                    let release = store
+                        .get_release(&record.org_id, None, &record.release_id)
+                        .await?;
+                    if let Ok(manifest) = serde_json::from_str(&release.manifest)
+                        && service
+                            .start_release_machine(&record, &release, &manifest)
+                            .await
+                            .is_err()
+                    {
+                        let _ = service.driver().destroy(&record.id).await;
+                        store
+                            .set_deployment_status(&record.id, "stopped", None, None, None)
+                            .await?;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }

@@ -58,6 +58,13 @@ pub async fn build(service: &Service) -> Result<RouteSet, RoutingError> {
         });
     }
     let primary = primary_sandboxes(store.list_all_sandboxes().await?);
+    let live: HashMap<String, kiln_store::DeploymentRecord> = store
+        .list_active_deployments()
+        .await?
+        .into_iter()
+        .filter(|d| d.live)
+        .map(|d| (d.app_id.clone(), d))
+        .collect();
     let mut routes = Vec::new();
     for app in store.list_all_apps().await? {
         let Some((base, brand)) = by_org.get(&app.org_id) else {
@@ -74,14 +81,20 @@ pub async fn build(service: &Service) -> Result<RouteSet, RoutingError> {
             brand: brand.clone(),
             backend: preview,
         });
-        // Production serves deployments, which arrive with releases; until then the host
-        // answers with the org's "not running" page rather than an unknown-host 404.
+        // Production points at the live deployment; without one the host answers with the
+        // org's "not running" page rather than an unknown-host 404.
+        let production = match live.get(&app.id).and_then(|d| d.address.clone()) {
+            Some(address) => BackendEntry::Ready {
+                addrs: vec![address],
+            },
+            None => BackendEntry::Stopped,
+        };
         routes.push(RouteEntry {
             host: format!("{}.{base}", app.slug),
             kind: "production".into(),
             org: app.org_id.clone(),
             brand: brand.clone(),
-            backend: BackendEntry::Stopped,
+            backend: production,
         });
     }
     Ok(RouteSet {

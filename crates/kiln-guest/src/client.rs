@@ -406,6 +406,18 @@ impl AgentClient {
         Ok(data_stream(conn, Some(size), "get_file"))
     }
 
+    /// A deterministic tar of the directory at `path` (`""` is the workspace root).
+    pub async fn archive(&self, path: &str) -> Result<ByteStream, AgentError> {
+        let request = Request::Archive {
+            path: path.to_owned(),
+        };
+        let (conn, response) = self.open(&request).await?;
+        let Response::Archive = response else {
+            return Err(unexpected("archive", &response));
+        };
+        Ok(data_stream(conn, None, "archive"))
+    }
+
     /// Lists the directory at `path` (`""` is the workspace root), sorted by name.
     pub async fn list_dir(&self, path: &str) -> Result<Vec<DirEntry>, AgentError> {
         let request = Request::ListDir {

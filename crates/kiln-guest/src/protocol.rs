@@ -49,6 +49,7 @@
 //! | [`Request::ProcessList`]     | [`Response::Processes`]                                                       |
 //! | [`Request::ProcessStop`]     | [`Response::Ok`]                                                              |
 //! | [`Request::ProcessLogs`]     | [`Response::Logs`], then `Data` frames; `End` once the buffered log is sent, or, when following, once the process is stopped |
+//! | [`Request::Archive`]         | [`Response::Archive`], then `Data` frames of a tar, then `End`                 |
 //! | [`Request::PortCheck`]       | [`Response::Port`]                                                            |
 //! | [`Request::Shutdown`]        | [`Response::Ok`], then the agent stops its processes and exits                |
 //!
@@ -294,6 +295,13 @@ pub enum Request {
         #[serde(default)]
         follow: bool,
     },
+    /// A deterministic tar of a directory of the workspace (sorted entries, zeroed times and
+    /// owners, `.kilnignore` honoured), for publishing.
+    Archive {
+        /// The directory, relative to the workspace; `""` is the whole workspace.
+        #[serde(default)]
+        path: String,
+    },
     /// Is something accepting TCP connections on this port inside the machine.
     PortCheck {
         /// The TCP port.
@@ -422,6 +430,8 @@ pub enum Response {
     },
     /// The log follows as `Data` frames.
     Logs,
+    /// Answer to [`Request::Archive`]; `Data` frames of the tar and `End` follow.
+    Archive,
     /// Answer to [`Request::PortCheck`].
     Port(PortStatus),
     /// The request was carried out ([`Request::Delete`], [`Request::ProcessStop`],

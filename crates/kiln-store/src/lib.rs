@@ -10,11 +10,13 @@
 #![forbid(unsafe_code)]
 
 mod apps;
+mod deployments;
 mod error;
 mod id;
 mod idempotency;
 mod orgs;
 mod processes;
+mod releases;
 mod sandboxes;
 mod settings;
 mod tokens;
@@ -27,11 +29,13 @@ use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Row};
 
 pub use apps::AppRecord;
+pub use deployments::DeploymentRecord;
 pub use error::StoreError;
 pub use id::new_id;
 pub use idempotency::IdempotencyRecord;
 pub use orgs::{NewOrg, OrgRecord};
 pub use processes::ProcessRecord;
+pub use releases::{NewRelease, ReleaseRecord};
 pub use sandboxes::{Desired, NewSandbox, STATUS_STARTING, SandboxRecord};
 pub use tokens::TokenRecord;
 

@@ -249,3 +249,41 @@ impl Drop for Kiln {
         }
     }
 }
+
+/// The problem of a call expected to fail; panics (failing the test) on anything else.
+pub fn problem<T: std::fmt::Debug>(result: Result<T, kiln_api::ClientError>) -> kiln_api::Problem {
+    match result {
+        Err(kiln_api::ClientError::Problem(p)) => *p,
+        other => panic!("expected a problem answer, got {other:?}"),
+    }
+}
+
+/// The JSON a successful `kiln --json …` printed; panics with its output otherwise.
+pub fn cli_json(output: &Output) -> serde_json::Value {
+    assert!(
+        output.status.success(),
+        "kiln failed: {}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        String::from_utf8_lossy(&output.stdout)
+    );
+    serde_json::from_slice(&output.stdout).expect("--json prints JSON")
+}
+
+/// An HTTP client that sends every host to the edge at `edge`, as DNS would in production.
+pub fn edge_client(edge: std::net::SocketAddr) -> reqwest::Client {
+    reqwest::Client::builder()
+        .dns_resolver(std::sync::Arc::new(ToEdge(edge)))
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(15))
+        .build()
+        .expect("a reqwest client with a resolver builds")
+}
+
+struct ToEdge(std::net::SocketAddr);
+
+impl reqwest::dns::Resolve for ToEdge {
+    fn resolve(&self, _: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let addr = self.0;
+        Box::pin(async move { Ok(Box::new(std::iter::once(addr)) as reqwest::dns::Addrs) })
+    }
+}

@@ -2,6 +2,7 @@
 
 mod apps;
 mod orgs;
+mod releases;
 mod sandbox;
 
 use std::process::ExitCode;
@@ -40,6 +41,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             out.print(&preview, || preview.url.clone());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Publish {
+            app,
+            sandbox,
+            dir,
+            start,
+            port,
+            build,
+            health,
+        } => {
+            let source = match dir {
+                Some(dir) => releases::Source::Dir(dir),
+                None => releases::Source::Sandbox(sandbox),
+            };
+            releases::publish(&client()?, &out, &app, source, start, port, build, health).await
+        }
+        Command::Deploy { app, release } => releases::deploy(&client()?, &out, &app, release).await,
+        Command::Rollback { app, to } => releases::rollback(&client()?, &out, &app, to).await,
+        Command::Releases { app, release } => {
+            releases::releases(&client()?, &out, &app, release).await
+        }
+        Command::Deployments { app } => releases::deployments(&client()?, &out, &app).await,
         Command::Nodes => {
             let nodes = client()?.nodes().await?;
             out.print(&nodes, || {

@@ -6,6 +6,7 @@ mod edge;
 mod extract;
 mod openapi;
 mod orgs;
+mod releases;
 mod sandboxes;
 
 use axum::Router;
@@ -29,6 +30,27 @@ pub fn router(service: Service) -> Router {
         .route("/v1/apps", post(apps::create).get(apps::list))
         .route("/v1/apps/{app}", get(apps::get).delete(apps::delete))
         .route("/v1/apps/{app}/preview", post(apps::preview))
+        .route(
+            "/v1/apps/{app}/releases",
+            post(releases::publish).get(releases::list),
+        )
+        .route(
+            "/v1/apps/{app}/deployments",
+            post(releases::deploy).get(releases::deployments),
+        )
+        .route("/v1/apps/{app}/rollback", post(releases::rollback))
+        .route("/v1/releases/{rel}", get(releases::get))
+        .route("/v1/releases/{rel}/verify", get(releases::verify))
+        .route("/v1/artifacts/uploads", post(releases::create_upload))
+        .route("/v1/artifacts/uploads/{id}", get(releases::upload_status))
+        .route(
+            "/v1/artifacts/uploads/{id}/parts/{n}",
+            axum::routing::put(releases::put_part),
+        )
+        .route(
+            "/v1/artifacts/uploads/{id}/complete",
+            post(releases::complete_upload),
+        )
         .route(
             "/v1/apps/{app}/sandboxes",
             post(sandboxes::create).get(sandboxes::list),

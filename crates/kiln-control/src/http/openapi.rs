@@ -3,7 +3,7 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::{apps, edge, orgs, sandboxes};
+use super::{apps, edge, orgs, releases, sandboxes};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -21,6 +21,17 @@ use super::{apps, edge, orgs, sandboxes};
         apps::get,
         apps::delete,
         apps::preview,
+        releases::create_upload,
+        releases::upload_status,
+        releases::put_part,
+        releases::complete_upload,
+        releases::publish,
+        releases::list,
+        releases::get,
+        releases::verify,
+        releases::deploy,
+        releases::deployments,
+        releases::rollback,
         sandboxes::create,
         sandboxes::list,
         sandboxes::get,

@@ -2,10 +2,13 @@
 //! authorize and extract, then call one method here.
 
 mod apps;
+mod deployments;
 mod machines;
 mod orgs;
 mod preview;
+mod releases;
 mod sandboxes;
+mod uploads;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -45,24 +48,56 @@ struct Inner {
     routes_rebuild: tokio::sync::Mutex<()>,
     /// Where the edge listens (loopback when it listens on every interface).
     edge_addr: SocketAddr,
+    /// Content-addressed release artifacts.
+    artifacts: kiln_artifacts::ArtifactStore,
+    /// The key releases are signed with.
+    signer: kiln_artifacts::SigningKey,
+    /// Deployments being promoted by a request right now; the reconciler leaves them alone.
+    promoting: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+/// The parts of a service that [`Service::new`] does not make itself.
+pub struct Parts {
+    /// The metadata store.
+    pub store: Store,
+    /// The node's machine driver.
+    pub driver: Arc<dyn Driver>,
+    /// Configuration.
+    pub config: Config,
+    /// This node's id.
+    pub node_id: String,
+    /// The in-process edge's routes.
+    pub routes: kiln_edge::Routes,
+    /// Where the edge answers (for probes).
+    pub edge_addr: SocketAddr,
+    /// Release artifacts.
+    pub artifacts: kiln_artifacts::ArtifactStore,
+    /// Release signing key.
+    pub signer: kiln_artifacts::SigningKey,
 }
 
 impl Service {
     /// Builds the service over an opened store and a driver.
-    pub fn new(
-        store: Store,
-        driver: Arc<dyn Driver>,
-        config: Config,
-        node_id: String,
-        routes: kiln_edge::Routes,
-        edge_addr: SocketAddr,
-    ) -> Self {
+    pub fn new(parts: Parts) -> Self {
+        let Parts {
+            store,
+            driver,
+            config,
+            node_id,
+            routes,
+            edge_addr,
+            artifacts,
+            signer,
+        } = parts;
         Self {
             inner: Arc::new(Inner {
                 store,
                 driver,
                 config,
                 node_id,
+                artifacts,
+                signer,
+                promoting: std::sync::Mutex::default(),
                 machines: Machines::default(),
                 wake: Notify::new(),
                 changes: watch::Sender::new(0),
@@ -82,6 +117,21 @@ impl Service {
     /// The machine driver of this node.
     pub fn driver(&self) -> &Arc<dyn Driver> {
         &self.inner.driver
+    }
+
+    /// Release artifacts.
+    pub fn artifacts(&self) -> &kiln_artifacts::ArtifactStore {
+        &self.inner.artifacts
+    }
+
+    /// Deployments a request is promoting right now.
+    pub fn promoting(&self) -> &std::sync::Mutex<std::collections::HashSet<String>> {
+        &self.inner.promoting
+    }
+
+    /// The release signing key.
+    pub fn signer(&self) -> &kiln_artifacts::SigningKey {
+        &self.inner.signer
     }
 
     /// The configuration.
@@ -240,4 +290,22 @@ pub(crate) fn not_found_as(
         kiln_store::StoreError::NotFound => ApiError::not_found(what, &id),
         other => other.into(),
     }
+}
+
+/// Bytes of a process log quoted in errors.
+const LOG_TAIL_BYTES: usize = 4096;
+
+/// The last few KiB of a supervised process's log, if it can be read.
+pub(crate) async fn log_tail(
+    agent: &kiln_guest::client::AgentClient,
+    process: &str,
+) -> Option<String> {
+    use futures::StreamExt;
+    let mut stream = agent.process_logs(process, false).await.ok()?;
+    let mut log = Vec::new();
+    while let Some(Ok(chunk)) = stream.next().await {
+        log.extend_from_slice(&chunk);
+    }
+    let start = log.len().saturating_sub(LOG_TAIL_BYTES);
+    Some(String::from_utf8_lossy(&log[start..]).into_owned())
 }

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use futures::StreamExt;
 use kiln_api::apps::Preview;
 
 use super::Service;
@@ -14,8 +13,6 @@ use crate::routing::primary_sandboxes;
 const DEFAULT_WAIT: Duration = Duration::from_secs(30);
 /// Longest wait honoured.
 const MAX_WAIT: Duration = Duration::from_secs(300);
-/// Bytes of process log quoted when the port never answers.
-const LOG_TAIL_BYTES: usize = 4096;
 
 impl Service {
     /// `POST /v1/apps/{app}/preview`.
@@ -114,16 +111,6 @@ impl Service {
             .iter()
             .find(|p| p.port == Some(port))
             .or_else(|| processes.last())?;
-        let mut stream = machine
-            .agent
-            .process_logs(&process.name, false)
-            .await
-            .ok()?;
-        let mut log = Vec::new();
-        while let Some(Ok(chunk)) = stream.next().await {
-            log.extend_from_slice(&chunk);
-        }
-        let start = log.len().saturating_sub(LOG_TAIL_BYTES);
-        Some(String::from_utf8_lossy(&log[start..]).into_owned())
+        super::log_tail(&machine.agent, &process.name).await
     }
 }

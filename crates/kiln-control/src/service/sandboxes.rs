@@ -397,7 +397,7 @@ impl Service {
         Ok(record)
     }
 
-    async fn running_machine(&self, org_id: &str, id: &str) -> ApiResult<MachineInfo> {
+    pub(crate) async fn running_machine(&self, org_id: &str, id: &str) -> ApiResult<MachineInfo> {
         let record = self.sandbox_record(org_id, id).await?;
         match (record.status.as_str(), self.machines().get(&record.id)) {
             ("running", Some(machine)) => Ok(machine),
@@ -433,7 +433,7 @@ impl Service {
         }
     }
 
-    fn agent_error(&self, err: AgentError, subject: &str) -> ApiError {
+    pub(crate) fn agent_error(&self, err: AgentError, subject: &str) -> ApiError {
         match err {
             AgentError::NotFound(_) => {
                 ApiError::not_found_detail(format!("`{subject}` does not exist in the sandbox"))

@@ -110,6 +110,51 @@ pub(super) async fn get_file(
     send(tx, Frame::end()).await
 }
 
+/// `archive`: packs on a blocking thread and streams the tar as it is written, so a large
+/// workspace never sits in memory.
+pub(super) async fn archive(
+    agent: &Arc<Agent>,
+    raw_path: String,
+    tx: &mut Tx,
+) -> Result<(), Failure> {
+    let dir = agent.dir_path(&raw_path).await?;
+    reply(tx, &Response::Archive).await?;
+    let (chunks, mut received) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
+    let packer = tokio::task::spawn_blocking(move || {
+        let mut out = std::io::BufWriter::with_capacity(DATA_CHUNK_LEN, ChannelWriter(chunks));
+        let stats = kiln_archive::pack(&dir, &mut out, &kiln_archive::PackOptions::default())
+            .map_err(|e| e.to_string())?;
+        std::io::Write::flush(&mut out).map_err(|e| e.to_string())?;
+        Ok::<_, String>(stats)
+    });
+    while let Some(chunk) = received.recv().await {
+        send(tx, Frame::data(chunk)).await?;
+    }
+    match packer.await {
+        Ok(Ok(_)) => send(tx, Frame::end()).await,
+        Ok(Err(e)) => {
+            Err(ErrorBody::new(ErrorKind::Io, format!("packing the workspace: {e}")).into())
+        }
+        Err(e) => Err(ErrorBody::new(ErrorKind::Io, format!("packing the workspace: {e}")).into()),
+    }
+}
+
+/// A `Write` that hands each buffer to the async side; a gone receiver is a broken pipe.
+struct ChannelWriter(tokio::sync::mpsc::Sender<bytes::Bytes>);
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .blocking_send(bytes::Bytes::copy_from_slice(buf))
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// `list_dir`.
 pub(super) async fn list_dir(
     agent: &Arc<Agent>,

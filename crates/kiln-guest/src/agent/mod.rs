@@ -311,6 +311,7 @@ async fn dispatch(
         Request::PutFile { path, mode } => files::put_file(agent, path, mode, rx, tx).await,
         Request::GetFile { path } => files::get_file(agent, path, tx).await,
         Request::ListDir { path } => files::list_dir(agent, path, tx).await,
+        Request::Archive { path } => files::archive(agent, path, tx).await,
         Request::Stat { path } => files::stat(agent, path, tx).await,
         Request::Delete { path, recursive } => files::delete(agent, path, recursive, tx).await,
         Request::ProcessStart(spec) => {

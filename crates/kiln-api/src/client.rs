@@ -294,6 +294,35 @@ impl Client {
         .await
     }
 
+    /// `PUT /v1/apps/{app}/env/{name}`.
+    pub async fn set_env(
+        &self,
+        app: &str,
+        name: &str,
+        value: &str,
+        secret: bool,
+    ) -> Result<crate::releases::EnvVar, ClientError> {
+        let body = crate::releases::EnvVarConfig {
+            value: value.to_owned(),
+            secret,
+        };
+        self.json(
+            self.request(Method::PUT, &format!("/v1/apps/{app}/env/{name}"))
+                .json(&body),
+        )
+        .await
+    }
+
+    /// `DELETE /v1/apps/{app}/env/{name}`.
+    pub async fn unset_env(&self, app: &str, name: &str) -> Result<(), ClientError> {
+        self.delete(&format!("/v1/apps/{app}/env/{name}")).await
+    }
+
+    /// `GET /v1/apps/{app}/env`.
+    pub async fn env(&self, app: &str) -> Result<List<crate::releases::EnvVar>, ClientError> {
+        self.get(&format!("/v1/apps/{app}/env")).await
+    }
+
     /// `POST /v1/apps/{app}/preview`: answers once `port` answers through the edge, waiting
     /// up to `wait_s`.
     pub async fn preview(&self, app: &str, port: u16, wait_s: u64) -> Result<Preview, ClientError> {

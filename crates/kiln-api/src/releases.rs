@@ -69,6 +69,31 @@ pub struct Manifest {
     pub health_path: String,
     /// Runtime image, `name:version`.
     pub runtime_image: String,
+    /// The variables the app expects; values are resolved from the app's config at boot.
+    #[serde(default)]
+    pub env: Vec<EnvSpec>,
+}
+
+/// One variable a release expects.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct EnvSpec {
+    /// Variable name.
+    pub name: String,
+    /// Whether its value is a secret.
+    pub secret: bool,
+    /// Where the value comes from: `app` (the app's config, `kiln env set`).
+    pub source: String,
+}
+
+/// What a deployment's environment changes against the one it replaces (names only).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct EnvDiff {
+    /// Variables the new machine has and the old one did not.
+    pub added: Vec<String>,
+    /// Variables the old machine had and the new one does not.
+    pub removed: Vec<String>,
+    /// Variables whose value differs.
+    pub changed: Vec<String>,
 }
 
 /// Where a release came from.
@@ -179,4 +204,31 @@ pub struct Deployment {
     pub updated_at: DateTime<Utc>,
     /// Production URL.
     pub url: String,
+    /// The environment change against the deployment it replaced (on deploy and rollback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_diff: Option<EnvDiff>,
+}
+
+/// Body of `PUT /v1/apps/{app}/env/{name}`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnvVarConfig {
+    /// The value.
+    pub value: String,
+    /// Keep it secret: encrypted at rest, never shown again.
+    #[serde(default)]
+    pub secret: bool,
+}
+
+/// One variable of an app's config.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct EnvVar {
+    /// Name.
+    pub name: String,
+    /// Whether it is a secret.
+    pub secret: bool,
+    /// The value; never shown for secrets.
+    pub value: Option<String>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
 }

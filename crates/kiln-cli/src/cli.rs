@@ -113,6 +113,9 @@ pub enum Command {
         /// App id or slug.
         app: String,
     },
+    /// An app's configuration variables and secrets.
+    #[command(subcommand)]
+    Env(EnvCommand),
     /// Nodes and their drivers.
     Nodes,
 }
@@ -258,5 +261,34 @@ pub enum SandboxCommand {
     Delete {
         /// Sandbox id.
         sandbox: String,
+    },
+}
+
+/// `kiln env …`.
+#[derive(Debug, Subcommand)]
+pub enum EnvCommand {
+    /// Set variables: `kiln env set APP KEY=VALUE… [--secret]`.
+    Set {
+        /// App id or slug.
+        app: String,
+        /// KEY=VALUE pairs.
+        #[arg(required = true)]
+        vars: Vec<String>,
+        /// Encrypt at rest and never show the values again.
+        #[arg(long)]
+        secret: bool,
+    },
+    /// Remove variables.
+    Unset {
+        /// App id or slug.
+        app: String,
+        /// Names.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// List variables (secret values are hidden).
+    List {
+        /// App id or slug.
+        app: String,
     },
 }

@@ -110,6 +110,34 @@ async fn publish_deploy_rollback() {
     );
     assert_eq!((p.status, p.field.as_deref()), (422, Some("port")), "{p:?}");
 
+    // --- app config: variables and secrets, named by releases, resolved at boot -----------------
+    cli_json(&kiln.cli(&["--json", "env", "set", "shop", "GREETING=hello"]));
+    cli_json(&kiln.cli(&[
+        "--json",
+        "env",
+        "set",
+        "shop",
+        "API_KEY=sk-live-123",
+        "--secret",
+    ]));
+    let listed = kiln.cli(&["env", "list", "shop"]);
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.contains("GREETING=hello") && listed.contains("API_KEY=<secret>"),
+        "{listed}"
+    );
+    assert!(
+        !listed.contains("sk-live-123"),
+        "a secret is never printed back"
+    );
+    for file in ["kiln.db", "kiln.db-wal"] {
+        let bytes = std::fs::read(kiln.data_dir().join(file)).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains("sk-live-123"),
+            "the secret is sealed at rest ({file})"
+        );
+    }
+
     // --- v1, and an identical publish that shares its artifact --------------------------------
     let publish = [
         "--json",
@@ -145,6 +173,15 @@ async fn publish_deploy_rollback() {
         "{deployed}"
     );
     assert_eq!(body(&http, &production).await, "version 1\n");
+    assert_eq!(
+        deployed["env_diff"]["added"],
+        serde_json::json!(["API_KEY", "GREETING"])
+    );
+    assert_eq!(
+        body(&http, &format!("{production}/env/API_KEY")).await,
+        "sk-live-123",
+        "the machine gets the secret"
+    );
 
     // --- edit the sandbox: the preview changes, production does not -------------------------
     api.put_file(&sbx, "VERSION", "2").await.expect("edit");
@@ -153,8 +190,18 @@ async fn publish_deploy_rollback() {
     let v3 = cli_json(&kiln.cli(&publish));
     assert_eq!(v3["version"], "v3");
     assert_ne!(v3["digest"], v1["digest"]);
-    cli_json(&kiln.cli(&["--json", "deploy", "shop", "--release", "v3"]));
+    cli_json(&kiln.cli(&["--json", "env", "set", "shop", "GREETING=welcome"]));
+    let second = cli_json(&kiln.cli(&["--json", "deploy", "shop", "--release", "v3"]));
     assert_eq!(body(&http, &production).await, "version 2\n");
+    assert_eq!(
+        second["env_diff"]["changed"],
+        serde_json::json!(["GREETING"]),
+        "{second}"
+    );
+    assert_eq!(
+        body(&http, &format!("{production}/env/GREETING")).await,
+        "welcome"
+    );
 
     // --- production never needs the sandbox -------------------------------------------------
     api.delete_sandbox(&sbx).await.expect("delete sandbox");

@@ -62,6 +62,8 @@ pub struct RawLimits {
     pub max_artifact_bytes: Option<u64>,
     /// Seconds a new deployment has to pass its health check.
     pub health_timeout_s: Option<u64>,
+    /// Seconds a replaced deployment's machine stays warm for an instant rollback.
+    pub warm_window_s: Option<u64>,
     /// Default memory of a sandbox in MiB.
     pub sandbox_memory_mib: Option<u32>,
     /// Default vCPUs of a sandbox.
@@ -105,6 +107,8 @@ pub struct Config {
     pub max_artifact_bytes: u64,
     /// Time a new deployment has to pass its health check.
     pub health_timeout: std::time::Duration,
+    /// Time a replaced deployment's machine stays warm.
+    pub warm_window: std::time::Duration,
     /// Default sandbox memory.
     pub sandbox_memory_mib: u32,
     /// Default sandbox vCPUs.
@@ -258,6 +262,7 @@ impl Config {
             health_timeout: std::time::Duration::from_secs(
                 raw.limits.health_timeout_s.unwrap_or(60),
             ),
+            warm_window: std::time::Duration::from_secs(raw.limits.warm_window_s.unwrap_or(300)),
             sandbox_memory_mib: raw.limits.sandbox_memory_mib.unwrap_or(1024),
             sandbox_vcpus: raw.limits.sandbox_vcpus.unwrap_or(1),
             machine_pids_max: raw.limits.machine_pids_max.unwrap_or(1024),

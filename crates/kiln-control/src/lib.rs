@@ -9,6 +9,7 @@ pub mod http;
 mod idempotency;
 pub mod reconciler;
 pub mod routing;
+pub mod secrets;
 pub mod service;
 pub mod validate;
 
@@ -88,6 +89,8 @@ impl Platform {
             edge_addr: probe_addr,
             artifacts,
             signer,
+            sealer: secrets::Sealer::load_or_create(&config.data_dir.join("secrets.key"))
+                .context("load the secrets key")?,
         });
         let generated_operator_token = service
             .bootstrap()

@@ -176,9 +176,6 @@ pub async fn stop_all(service: &Service) {
     }
 }
 
-/// How long a superseded deployment's machine stays warm for an instant rollback.
-pub const WARM_WINDOW: Duration = Duration::from_secs(300);
-
 /// Brings production back after a restart (adopting or re-booting live deployments from
 /// their artifacts), fails promotions a crash interrupted, and stops machines whose warm
 /// window has passed.
@@ -241,7 +238,7 @@ pub async fn deployments_pass(
             }
             "superseded" => {
                 let age = chrono::Utc::now() - record.updated_at;
-                if age.to_std().unwrap_or_default() > WARM_WINDOW {
+                if age.to_std().unwrap_or_default() > service.config().warm_window {
                     service.machines().remove(&record.id);
                     if let Err(e) = service.driver().destroy(&record.id).await {
                         tracing::warn!(deployment = %record.id, error = %e, "stopping a warm machine failed; will retry");

@@ -11,6 +11,7 @@
 
 mod apps;
 mod deployments;
+mod env;
 mod error;
 mod id;
 mod idempotency;
@@ -30,6 +31,7 @@ use sqlx::{AnyPool, Row};
 
 pub use apps::AppRecord;
 pub use deployments::DeploymentRecord;
+pub use env::EnvVarRecord;
 pub use error::StoreError;
 pub use id::new_id;
 pub use idempotency::IdempotencyRecord;

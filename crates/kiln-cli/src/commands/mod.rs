@@ -62,6 +62,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             releases::releases(&client()?, &out, &app, release).await
         }
         Command::Deployments { app } => releases::deployments(&client()?, &out, &app).await,
+        Command::Env(cmd) => releases::env(&client()?, &out, cmd).await,
         Command::Nodes => {
             let nodes = client()?.nodes().await?;
             out.print(&nodes, || {

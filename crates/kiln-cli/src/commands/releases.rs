@@ -9,6 +9,7 @@ use kiln_api::Client;
 use kiln_api::releases::{Deployment, Release, ReleaseConfig};
 
 use super::Output;
+use crate::cli::EnvCommand;
 
 /// What to publish.
 pub enum Source {
@@ -206,5 +207,57 @@ fn describe_deployment(d: &Deployment) -> String {
     if let Some(reason) = &d.reason {
         line.push_str(&format!("\n  reason: {reason}"));
     }
+    if let Some(diff) = &d.env_diff {
+        for (label, names) in [
+            ("added", &diff.added),
+            ("removed", &diff.removed),
+            ("changed", &diff.changed),
+        ] {
+            if !names.is_empty() {
+                line.push_str(&format!("\n  env {label}: {}", names.join(", ")));
+            }
+        }
+    }
     line
+}
+
+/// `kiln env set|unset|list`.
+pub async fn env(client: &Client, out: &Output, cmd: EnvCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        EnvCommand::Set { app, vars, secret } => {
+            let mut set = Vec::new();
+            for pair in &vars {
+                let (name, value) = pair
+                    .split_once('=')
+                    .with_context(|| format!("`{pair}` is not KEY=VALUE"))?;
+                set.push(client.set_env(&app, name, value, secret).await?);
+            }
+            out.print(&set, || {
+                set.iter()
+                    .map(|v| format!("set {}{}", v.name, if v.secret { " (secret)" } else { "" }))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+        }
+        EnvCommand::Unset { app, names } => {
+            for name in &names {
+                client.unset_env(&app, name).await?;
+            }
+            out.message(&format!("unset {}", names.join(", ")));
+        }
+        EnvCommand::List { app } => {
+            let list = client.env(&app).await?;
+            out.print(&list, || {
+                list.items
+                    .iter()
+                    .map(|v| match &v.value {
+                        Some(value) => format!("{}={value}", v.name),
+                        None => format!("{}=<secret>", v.name),
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -3,6 +3,7 @@
 
 mod apps;
 mod edge;
+mod env;
 mod extract;
 mod openapi;
 mod orgs;
@@ -39,6 +40,11 @@ pub fn router(service: Service) -> Router {
             post(releases::deploy).get(releases::deployments),
         )
         .route("/v1/apps/{app}/rollback", post(releases::rollback))
+        .route("/v1/apps/{app}/env", get(env::list))
+        .route(
+            "/v1/apps/{app}/env/{name}",
+            axum::routing::put(env::set).delete(env::unset),
+        )
         .route("/v1/releases/{rel}", get(releases::get))
         .route("/v1/releases/{rel}/verify", get(releases::verify))
         .route("/v1/artifacts/uploads", post(releases::create_upload))

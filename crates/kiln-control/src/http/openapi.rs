@@ -3,7 +3,7 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::{apps, edge, orgs, releases, sandboxes};
+use super::{apps, edge, env, orgs, releases, sandboxes};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -32,6 +32,9 @@ use super::{apps, edge, orgs, releases, sandboxes};
         releases::deploy,
         releases::deployments,
         releases::rollback,
+        env::list,
+        env::set,
+        env::unset,
         sandboxes::create,
         sandboxes::list,
         sandboxes::get,

@@ -89,7 +89,7 @@ impl Service {
                 .map_err(|e| ApiError::internal("switching the production route", &e))?;
             self.notify_change();
             let record = self.store().get_deployment(Some(org_id), &warm.id).await?;
-            return self.deployment_view(record).await;
+            return self.switched_view(record, live.cloned()).await;
         }
         let record = self
             .store()
@@ -153,13 +153,14 @@ impl Service {
                         Some(&address.to_string()),
                     )
                     .await?;
+                let previous = self.store().live_deployment(&record.app_id).await?;
                 self.store().make_live(&record.app_id, &record.id).await?;
                 self.refresh_routes()
                     .await
                     .map_err(|e| ApiError::internal("switching the production route", &e))?;
                 self.notify_change();
                 let record = self.store().get_deployment(None, &record.id).await?;
-                self.deployment_view(record).await
+                self.switched_view(record, previous).await
             }
             Err(failure) => {
                 let log_tail = self.machine_log_tail(&record.id).await;
@@ -196,6 +197,15 @@ impl Service {
         manifest: &Manifest,
     ) -> Result<SocketAddr, String> {
         let image = manifest.runtime_image.parse().map_err(|e| format!("{e}"))?;
+        let mut env = self.resolve_env(&record.app_id, &manifest.env).await?;
+        let _ = self
+            .store()
+            .set_deployment_env(
+                &record.id,
+                &serde_json::to_string(&super::env::fingerprint(&env)).unwrap_or_default(),
+            )
+            .await;
+        env.insert("PORT".to_owned(), manifest.port.to_string());
         let spec = MachineSpec {
             id: record.id.clone(),
             org_id: record.org_id.clone(),
@@ -204,7 +214,7 @@ impl Service {
             memory_mib: self.config().sandbox_memory_mib,
             pids_max: self.config().machine_pids_max,
             hostname: "app".to_owned(),
-            env: BTreeMap::from([("PORT".to_owned(), manifest.port.to_string())]),
+            env,
         };
         let machine = self
             .driver()
@@ -313,6 +323,35 @@ impl Service {
         Ok(record)
     }
 
+    /// The view of a deployment that just became live, with its env change against `previous`.
+    async fn switched_view(
+        &self,
+        record: DeploymentRecord,
+        previous: Option<DeploymentRecord>,
+    ) -> ApiResult<Deployment> {
+        let fingerprint = |id: &str| {
+            let store = self.store().clone();
+            let id = id.to_owned();
+            async move {
+                store
+                    .deployment_env(&id)
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|json| serde_json::from_str::<BTreeMap<String, String>>(&json).ok())
+                    .unwrap_or_default()
+            }
+        };
+        let new = fingerprint(&record.id).await;
+        let old = match &previous {
+            Some(previous) => fingerprint(&previous.id).await,
+            None => BTreeMap::new(),
+        };
+        let mut view = self.deployment_view(record).await?;
+        view.env_diff = Some(super::env::diff(&old, &new));
+        Ok(view)
+    }
+
     pub(crate) async fn deployment_view(&self, record: DeploymentRecord) -> ApiResult<Deployment> {
         let app = self.store().get_app(&record.org_id, &record.app_id).await?;
         let org = self.store().get_org(&record.org_id).await?;
@@ -340,6 +379,7 @@ impl Service {
             created_by: record.created_by,
             created_at: record.created_at,
             updated_at: record.updated_at,
+            env_diff: None,
         })
     }
 }

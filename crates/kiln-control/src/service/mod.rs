@@ -3,6 +3,7 @@
 
 mod apps;
 mod deployments;
+mod env;
 mod machines;
 mod orgs;
 mod preview;
@@ -52,6 +53,8 @@ struct Inner {
     artifacts: kiln_artifacts::ArtifactStore,
     /// The key releases are signed with.
     signer: kiln_artifacts::SigningKey,
+    /// Seals app secrets at rest.
+    sealer: crate::secrets::Sealer,
     /// Deployments being promoted by a request right now; the reconciler leaves them alone.
     promoting: std::sync::Mutex<std::collections::HashSet<String>>,
 }
@@ -74,6 +77,8 @@ pub struct Parts {
     pub artifacts: kiln_artifacts::ArtifactStore,
     /// Release signing key.
     pub signer: kiln_artifacts::SigningKey,
+    /// Secret sealing key.
+    pub sealer: crate::secrets::Sealer,
 }
 
 impl Service {
@@ -88,6 +93,7 @@ impl Service {
             edge_addr,
             artifacts,
             signer,
+            sealer,
         } = parts;
         Self {
             inner: Arc::new(Inner {
@@ -97,6 +103,7 @@ impl Service {
                 node_id,
                 artifacts,
                 signer,
+                sealer,
                 promoting: std::sync::Mutex::default(),
                 machines: Machines::default(),
                 wake: Notify::new(),
@@ -127,6 +134,11 @@ impl Service {
     /// Deployments a request is promoting right now.
     pub fn promoting(&self) -> &std::sync::Mutex<std::collections::HashSet<String>> {
         &self.inner.promoting
+    }
+
+    /// Seals and opens app secrets.
+    pub fn sealer(&self) -> &crate::secrets::Sealer {
+        &self.inner.sealer
     }
 
     /// The release signing key.

@@ -100,6 +100,7 @@ impl Service {
             port,
             health_path,
             runtime_image: kiln_runtime::default_image().to_string(),
+            env: self.env_manifest(&app.id).await?,
         };
         let provenance = Provenance {
             app: app.id.clone(),

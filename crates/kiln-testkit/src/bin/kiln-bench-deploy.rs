@@ -24,22 +24,35 @@ async fn main() -> anyhow::Result<()> {
         .context("usage: kiln-bench-deploy PATH/TO/kiln")?;
     let kiln = Kiln::start(&binary, &[("KILN_LOG", "warn")], None).await?;
     let api = kiln.client();
-    api.create_app(&AppConfig { name: "bench".into(), slug: None }).await?;
-    let sandbox = api.create_sandbox("bench", &SandboxConfig::default(), 120).await?;
+    api.create_app(&AppConfig {
+        name: "bench".into(),
+        slug: None,
+    })
+    .await?;
+    let sandbox = api
+        .create_sandbox("bench", &SandboxConfig::default(), 120)
+        .await?;
     api.put_file(&sandbox.id, "app.py", APP).await?;
     let mut releases = Vec::new();
     for version in ["1", "2"] {
         api.put_file(&sandbox.id, "VERSION", version).await?;
         let started = Instant::now();
         let release = api
-            .publish("bench", &ReleaseConfig {
-                sandbox: Some(sandbox.id.clone()),
-                start_cmd: Some("python3 app.py".into()),
-                port: Some(8000),
-                ..ReleaseConfig::default()
-            })
+            .publish(
+                "bench",
+                &ReleaseConfig {
+                    sandbox: Some(sandbox.id.clone()),
+                    start_cmd: Some("python3 app.py".into()),
+                    port: Some(8000),
+                    ..ReleaseConfig::default()
+                },
+            )
             .await?;
-        println!("publish {}: {:.1} ms", release.version, ms(started.elapsed()));
+        println!(
+            "publish {}: {:.1} ms",
+            release.version,
+            ms(started.elapsed())
+        );
         releases.push(release.id);
     }
     api.deploy("bench", &releases[0]).await?;
@@ -56,8 +69,18 @@ async fn main() -> anyhow::Result<()> {
     rollbacks.sort();
     println!();
     println!("{:<44} {:>9} {:>9}", "", "p50 ms", "max ms");
-    println!("{:<44} {:>9.1} {:>9.1}", "promotion (boot from artifact → health → switch)", ms(promotions[ROUNDS / 2]), ms(promotions[ROUNDS - 1]));
-    println!("{:<44} {:>9.1} {:>9.1}", "rollback (to the warm previous machine)", ms(rollbacks[ROUNDS / 2]), ms(rollbacks[ROUNDS - 1]));
+    println!(
+        "{:<44} {:>9.1} {:>9.1}",
+        "promotion (boot from artifact → health → switch)",
+        ms(promotions[ROUNDS / 2]),
+        ms(promotions[ROUNDS - 1])
+    );
+    println!(
+        "{:<44} {:>9.1} {:>9.1}",
+        "rollback (to the warm previous machine)",
+        ms(rollbacks[ROUNDS / 2]),
+        ms(rollbacks[ROUNDS - 1])
+    );
     Ok(())
 }
 

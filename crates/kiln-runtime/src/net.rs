@@ -246,10 +246,15 @@ pub(crate) async fn create_machine_link(net: &MachineNet) -> Result<(), RuntimeE
     let ns = netns_name(&net.id);
     let veth = veth_name(&net.id);
     let bridge = bridge_name(net.slice);
+    // The guest's MAC follows from its address, so a machine that later gets a reused address
+    // has the MAC the node's neighbour cache already holds for it: no stale ARP entry sends
+    // its first packets to a machine that is gone.
+    let [a, b, c, d] = net.address.octets();
+    let mac = format!("02:4b:{a:02x}:{b:02x}:{c:02x}:{d:02x}");
     // One `ip` process per namespace: this is the host side, [`configure_guest`] the other.
     let host = format!(
         "netns add {ns}\n\
-         link add name {veth} type veth peer name {GUEST_IFACE} netns {ns}\n\
+         link add name {veth} type veth peer name {GUEST_IFACE} address {mac} netns {ns}\n\
          link set {veth} master {bridge} up\n"
     );
     run_tool("ip", &["-batch", "-"], Some(&host)).await?;

@@ -1,6 +1,8 @@
-//! Benchmark: sandbox create → first exec latency through the real API, beside a raw
-//! `unshare` baseline doing the same work (new namespaces, run one command, collect its
-//! output) in the same run. Prints p50/p95 and the ratio. Run by `scripts/bench-sandbox.sh`.
+//! Benchmark: sandbox create → first exec latency through the real API, beside two raw
+//! baselines in the same run: the floor (`unshare` of the five namespaces running one
+//! command) and the same machine work done with raw tools (a network namespace with a veth
+//! and an address, memory/pids/cpu cgroups joined, `unshare` into the image root, one
+//! command). Prints p50/p95 and the ratios. Run by `scripts/bench-sandbox.sh`.
 
 #![allow(clippy::disallowed_methods)] // the baseline is exactly a bare spawn
 
@@ -73,6 +75,21 @@ async fn main() -> anyhow::Result<()> {
     }
     let raw_conc_wall = started.elapsed();
 
+    let rootfs = image_root()?;
+    let mut same_seq = Vec::new();
+    for i in 0..SEQUENTIAL {
+        same_seq.push(same_work(i, &rootfs).await?);
+    }
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..CONCURRENT)
+        .map(|i| tokio::spawn(same_work(SEQUENTIAL + i, rootfs.clone())))
+        .collect();
+    let mut same_conc = Vec::new();
+    for task in tasks {
+        same_conc.push(task.await??);
+    }
+    let same_conc_wall = started.elapsed();
+
     println!();
     println!(
         "{:<34} {:>9} {:>9} {:>9}",
@@ -80,17 +97,28 @@ async fn main() -> anyhow::Result<()> {
     );
     report("kiln, 50 sequential", &mut kiln_seq, None);
     report("raw unshare, 50 sequential", &mut raw_seq, None);
+    report("raw same work, 50 sequential", &mut same_seq, None);
     report("kiln, 20 concurrent", &mut kiln_conc, Some(kiln_conc_wall));
     report(
         "raw unshare, 20 concurrent",
         &mut raw_conc,
         Some(raw_conc_wall),
     );
+    report(
+        "raw same work, 20 concurrent",
+        &mut same_conc,
+        Some(same_conc_wall),
+    );
     println!();
     println!(
-        "ratio kiln/raw p50: sequential {:.2}x, concurrent {:.2}x",
+        "ratio kiln/raw unshare p50: sequential {:.2}x, concurrent {:.2}x",
         ms(pct(&kiln_seq, 50)) / ms(pct(&raw_seq, 50)),
         ms(pct(&kiln_conc, 50)) / ms(pct(&raw_conc, 50)),
+    );
+    println!(
+        "ratio kiln/raw same work p50: sequential {:.2}x, concurrent {:.2}x",
+        ms(pct(&kiln_seq, 50)) / ms(pct(&same_seq, 50)),
+        ms(pct(&kiln_conc, 50)) / ms(pct(&same_conc, 50)),
     );
     Ok(())
 }
@@ -133,6 +161,63 @@ async fn raw_unshare() -> anyhow::Result<Duration> {
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(started.elapsed())
+}
+
+/// The built default image's root, from the images directory the platform used.
+fn image_root() -> anyhow::Result<PathBuf> {
+    let dir = kiln_testkit::images_dir();
+    std::fs::read_dir(&dir)?
+        .filter_map(|e| e.ok().map(|e| e.path().join("rootfs")))
+        .find(|p| p.join("usr/bin/env").exists())
+        .with_context(|| format!("no built image under {}", dir.display()))
+}
+
+/// The machine work with raw tools: netns + veth + address, three cgroups with limits joined,
+/// `unshare` into the read-only image root, one command; torn down afterwards (not timed).
+async fn same_work(i: usize, rootfs: impl AsRef<std::path::Path>) -> anyhow::Result<Duration> {
+    let rootfs = rootfs.as_ref().display().to_string();
+    let (ns, veth, cg) = (
+        format!("rawb{i}"),
+        format!("rawv{i}"),
+        format!("rawbench{i}"),
+    );
+    let setup = format!(
+        "set -e
+ip netns add {ns}
+ip link add {veth} type veth peer name eth0 netns {ns}
+ip link set {veth} up
+ip -n {ns} addr add 10.254.{hi}.{lo}/16 dev eth0
+ip -n {ns} link set eth0 up
+ip -n {ns} link set lo up
+for c in memory pids cpu; do mkdir -p /sys/fs/cgroup/$c/{cg}; done
+echo 1073741824 > /sys/fs/cgroup/memory/{cg}/memory.limit_in_bytes
+echo 1024 > /sys/fs/cgroup/pids/{cg}/pids.max
+echo 1024 > /sys/fs/cgroup/cpu/{cg}/cpu.shares
+exec ip netns exec {ns} sh -c 'for c in memory pids cpu; do echo $$ > /sys/fs/cgroup/$c/{cg}/cgroup.procs; done; \
+  exec unshare --mount --pid --fork --uts --ipc --root {rootfs} /usr/bin/env echo ready'",
+        hi = i / 250,
+        lo = i % 250 + 2,
+    );
+    let teardown = format!(
+        "ip netns del {ns} 2>/dev/null; ip link del {veth} 2>/dev/null; \
+         for c in memory pids cpu; do rmdir /sys/fs/cgroup/$c/{cg} 2>/dev/null; done; true"
+    );
+    let started = Instant::now();
+    let out = tokio::process::Command::new("sh")
+        .args(["-c", &setup])
+        .output()
+        .await?;
+    let took = started.elapsed();
+    tokio::process::Command::new("sh")
+        .args(["-c", &teardown])
+        .output()
+        .await?;
+    anyhow::ensure!(
+        out.stdout == b"ready\n",
+        "raw same work failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(took)
 }
 
 fn report(label: &str, samples: &mut [Duration], wall: Option<Duration>) {

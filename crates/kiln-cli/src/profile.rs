@@ -40,22 +40,11 @@ pub fn load() -> anyhow::Result<Profile> {
 
 /// Writes the profile atomically, readable only by its owner (it holds a token).
 pub fn save(profile: &Profile) -> anyhow::Result<PathBuf> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let path = path();
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     }
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("write {}", tmp.display()))?;
-    file.write_all(toml::to_string(profile)?.as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("write {}", path.display()))?;
+    kiln_control::write_private_file(&path, toml::to_string(profile)?.as_bytes())
+        .with_context(|| format!("write {}", path.display()))?;
     Ok(path)
 }

@@ -98,7 +98,8 @@ impl Platform {
             .context("bootstrap the default org")?;
         let operator_token_file = config.data_dir.join("operator-token");
         if let Some(token) = &generated_operator_token {
-            write_secret(&operator_token_file, token).context("write the operator token")?;
+            write_private_file(&operator_token_file, token.as_bytes())
+                .context("write the operator token")?;
         }
         let listener = tokio::net::TcpListener::bind(config.api_addr)
             .await
@@ -203,7 +204,9 @@ async fn select_driver(config: &Config) -> anyhow::Result<Arc<dyn Driver>> {
     Ok(Arc::new(driver))
 }
 
-fn write_secret(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
+/// Writes a file only its owner can read (tokens, keys), atomically: a temporary file,
+/// fsynced, then renamed over the target, so a crash never leaves half a secret.
+pub fn write_private_file(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
@@ -213,7 +216,7 @@ fn write_secret(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
         .truncate(true)
         .mode(0o600)
         .open(&tmp)?;
-    file.write_all(secret.as_bytes())?;
+    file.write_all(bytes)?;
     file.sync_all()?;
     std::fs::rename(tmp, path)
 }

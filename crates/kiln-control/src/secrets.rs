@@ -1,8 +1,6 @@
 //! Secrets at rest: app secret values are sealed with ChaCha20-Poly1305 under a key that
 //! lives only in the data dir (0600), so a copy of the metadata store alone reveals nothing.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use base64::Engine;
@@ -49,24 +47,10 @@ impl Sealer {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut key = vec![0u8; 32];
                 rand::rng().fill_bytes(&mut key);
-                let tmp = path.with_extension("tmp");
-                let mut file = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&tmp)
-                    .map_err(|source| SealError::KeyFile {
-                        path: shown(),
-                        source,
-                    })?;
-                file.write_all(&key)
-                    .and_then(|()| file.sync_all())
-                    .and_then(|()| std::fs::rename(&tmp, path))
-                    .map_err(|source| SealError::KeyFile {
-                        path: shown(),
-                        source,
-                    })?;
+                crate::write_private_file(path, &key).map_err(|source| SealError::KeyFile {
+                    path: shown(),
+                    source,
+                })?;
                 key
             }
             Err(source) => {

@@ -104,6 +104,7 @@ impl Platform {
         let listener = tokio::net::TcpListener::bind(config.api_addr)
             .await
             .with_context(|| format!("bind the API address {}", config.api_addr))?;
+        forget_observed_state(&service).await?;
         service
             .refresh_routes()
             .await
@@ -159,6 +160,21 @@ impl Platform {
         reconciler::stop_all(&self.service).await;
         Ok(())
     }
+}
+
+/// After a restart nothing is known about machines until the reconciler has looked: a sandbox
+/// recorded as running is `starting` again (so `?wait=` waits for it to be adopted or booted)
+/// rather than claiming a machine this process has not reached yet.
+async fn forget_observed_state(service: &Service) -> anyhow::Result<()> {
+    for sandbox in service.store().list_all_sandboxes().await? {
+        if sandbox.desired == kiln_store::Desired::Running && sandbox.status == "running" {
+            service
+                .store()
+                .set_sandbox_status(&sandbox.id, "starting", sandbox.address.as_deref(), None)
+                .await?;
+        }
+    }
+    Ok(())
 }
 
 /// Logs method, path, status and time of every request; never bodies or headers, so

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use kiln_api::apps::AppConfig;
 use kiln_api::releases::ReleaseConfig;
@@ -353,6 +353,51 @@ async fn publish_deploy_rollback() {
         body(&http, &production).await.starts_with("version "),
         "production serves after kill -9"
     );
+
+    // --- kill -9 in the middle of a promotion: production serves, nothing is left half-done --
+    let deploying = {
+        let api = api.clone();
+        tokio::spawn(async move { api.deploy("shop", "v3").await })
+    };
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    kiln.kill9();
+    let _ = deploying.await;
+    kiln.restart().await.expect("restart mid-promotion");
+    let api = kiln.client();
+    assert!(
+        body(&http, &production).await.starts_with("version "),
+        "the live release serves after the crash"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let history = api.deployments("shop").await.expect("history");
+        let unsettled = history
+            .items
+            .iter()
+            .filter(|d| matches!(d.status.as_str(), "pending" | "healthy"))
+            .count();
+        if unsettled == 0 {
+            assert_eq!(
+                history.items.iter().filter(|d| d.live).count(),
+                1,
+                "exactly one live deployment"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "an interrupted promotion was never settled: {history:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for release in api.releases("shop").await.expect("releases").items {
+        let check = api.verify_release(&release.id).await.expect("verify");
+        assert!(
+            check.signature_valid && check.artifact_valid,
+            "{} points at intact bytes: {check:?}",
+            release.version
+        );
+    }
 
     // --- a local directory through the CLI, and a tampered artifact ---------------------------
     let from_dir = cli_json(&kiln.cli(&[

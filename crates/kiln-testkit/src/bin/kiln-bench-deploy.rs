@@ -1,6 +1,6 @@
 //! Benchmark: promotion time (boot a machine from a release artifact, health check, route
 //! switch) and rollback time (switch back to the warm previous machine), through the real
-//! API. Run by `scripts/bench-deploy.sh`.
+//! API. Run by `scripts/bench-platform.sh deploy`.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! baselines in the same run: the floor (`unshare` of the five namespaces running one
 //! command) and the same machine work done with raw tools (a network namespace with a veth
 //! and an address, memory/pids/cpu cgroups joined, `unshare` into the image root, one
-//! command). Prints p50/p95 and the ratios. Run by `scripts/bench-sandbox.sh`.
+//! command). Prints p50/p95 and the ratios. Run by `scripts/bench-platform.sh sandbox`.
 
 #![allow(clippy::disallowed_methods)] // the baseline is exactly a bare spawn
 

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Benchmarks through the real API on a release build (needs root):
+#   scripts/bench-platform.sh sandbox   sandbox create → first exec, beside raw baselines
+#   scripts/bench-platform.sh deploy    promotion and rollback times
+set -euo pipefail
+cd "$(dirname "$0")/.."
+case "${1:-}" in
+    sandbox | deploy) bench="kiln-bench-$1" ;;
+    *) echo "usage: $0 sandbox|deploy" >&2; exit 2 ;;
+esac
+scripts/setup.sh
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/kiln-target}"
+export KILN_TEST_IMAGES_DIR="${KILN_TEST_IMAGES_DIR:-/var/cache/kiln-test/images}"
+cargo build --release --workspace --bins
+exec "$CARGO_TARGET_DIR/release/$bench" "$CARGO_TARGET_DIR/release/kiln"

@@ -202,15 +202,7 @@ async fn sandboxes_end_to_end() {
         .build()
         .expect("client");
     let url = format!("http://{address}:8000/src/hello.txt");
-    let body = retry(|| async {
-        http.get(&url)
-            .send()
-            .await?
-            .error_for_status()?
-            .text()
-            .await
-    })
-    .await;
+    let body = get_text(&http, &url).await;
     assert_eq!(
         body, "hello from the workspace\n",
         "the machine's address serves its process"
@@ -520,15 +512,7 @@ async fn sandboxes_end_to_end() {
         .await
         .expect("file survives");
     assert!(bytes == blob, "workspace bytes survive the restart");
-    let body = retry(|| async {
-        http.get(&url)
-            .send()
-            .await?
-            .error_for_status()?
-            .text()
-            .await
-    })
-    .await;
+    let body = get_text(&http, &url).await;
     assert_eq!(body, "hello from the workspace\n");
 
     // A graceful stop and start: machines are stopped, then booted again from stored intent,
@@ -540,15 +524,7 @@ async fn sandboxes_end_to_end() {
     assert_eq!(back.status, SandboxStatus::Running);
     let address = back.address.expect("address");
     let url = format!("http://{address}:8000/src/hello.txt");
-    let body = retry(|| async {
-        http.get(&url)
-            .send()
-            .await?
-            .error_for_status()?
-            .text()
-            .await
-    })
-    .await;
+    let body = get_text(&http, &url).await;
     assert_eq!(
         body, "hello from the workspace\n",
         "the dev server is supervised again after a reboot"
@@ -570,6 +546,11 @@ async fn sandboxes_end_to_end() {
         !kiln.data_dir().join("machines").join(&sbx).exists(),
         "no workspace left behind"
     );
+}
+
+/// GETs `url` until it answers 2xx (a server may still be starting), returning the body.
+async fn get_text(http: &reqwest::Client, url: &str) -> String {
+    retry(|| async { http.get(url).send().await?.error_for_status()?.text().await }).await
 }
 
 /// The node-side gateway of a machine's /24.

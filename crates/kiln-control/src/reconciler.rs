@@ -1,5 +1,5 @@
-//! The sandbox reconciler: drives machines toward the stored intent. Every step is
-//! idempotent, so a crash anywhere, a restart or a retry converges to the same state.
+//! The reconciler: drives sandbox and deployment machines toward the stored intent. Every
+//! step is idempotent, so a crash anywhere, a restart or a retry converges to the same state.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -22,7 +22,7 @@ pub async fn run(service: Service, shutdown: CancellationToken) {
         if let Err(e) = pass(&service, &in_flight).await {
             tracing::warn!(error = %e, "reconcile pass failed; retrying");
         }
-        if let Err(e) = deployments_pass(&service, service.promoting()).await {
+        if let Err(e) = deployments_pass(&service).await {
             tracing::warn!(error = %e, "deployment pass failed; retrying");
         }
         tokio::select! {
@@ -179,10 +179,8 @@ pub async fn stop_all(service: &Service) {
 /// Brings production back after a restart (adopting or re-booting live deployments from
 /// their artifacts), fails promotions a crash interrupted, and stops machines whose warm
 /// window has passed.
-pub async fn deployments_pass(
-    service: &Service,
-    promoting: &std::sync::Mutex<HashSet<String>>,
-) -> Result<(), kiln_store::StoreError> {
+pub async fn deployments_pass(service: &Service) -> Result<(), kiln_store::StoreError> {
+    let promoting = service.promoting();
     let store = service.store();
     for record in store.list_active_deployments().await? {
         if promoting

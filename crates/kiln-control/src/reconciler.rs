@@ -118,6 +118,8 @@ async fn converge(service: &Service, record: SandboxRecord) {
 /// Starts (or adopts) the machine and brings back its supervised processes.
 async fn boot(service: &Service, record: &SandboxRecord) -> Result<String, String> {
     let image = record.image.parse().map_err(|e| format!("{e}"))?;
+    let mut env = sandboxes_env(record);
+    env.extend(service.managed_env(&record.org_id, &record.app_id).await?);
     let spec = MachineSpec {
         id: record.id.clone(),
         org_id: record.org_id.clone(),
@@ -126,7 +128,7 @@ async fn boot(service: &Service, record: &SandboxRecord) -> Result<String, Strin
         memory_mib: record.memory_mib,
         pids_max: service.config().machine_pids_max,
         hostname: "sandbox".to_owned(),
-        env: sandboxes_env(record),
+        env,
     };
     let machine = service
         .driver()

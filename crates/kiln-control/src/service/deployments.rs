@@ -198,6 +198,7 @@ impl Service {
     ) -> Result<SocketAddr, String> {
         let image = manifest.runtime_image.parse().map_err(|e| format!("{e}"))?;
         let mut env = self.resolve_env(&record.app_id, &manifest.env).await?;
+        env.extend(self.managed_env(&record.org_id, &record.app_id).await?);
         let _ = self
             .store()
             .set_deployment_env(

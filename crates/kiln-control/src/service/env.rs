@@ -82,6 +82,17 @@ impl Service {
             .collect())
     }
 
+    /// Variables the platform's managed resources give every machine of the app (sandboxes
+    /// and deployments alike), resolved at boot so a rotated credential reaches the next boot.
+    /// Each resource kind adds its own variables here.
+    pub(crate) async fn managed_env(
+        &self,
+        _org_id: &str,
+        _app_id: &str,
+    ) -> Result<BTreeMap<String, String>, String> {
+        Ok(BTreeMap::new())
+    }
+
     /// The values for a release's variables, from the app's config as it is now.
     pub(crate) async fn resolve_env(
         &self,

@@ -69,6 +69,18 @@ pub struct MachineInfo {
     pub boot_id: String,
 }
 
+/// An org's machine network on this node: its bridge and /24, and the host's address on it
+/// (the gateway), where node services the org may use (databases, the S3 endpoint) listen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrgNetwork {
+    /// The org's bridge, e.g. `kb-10-88-3`.
+    pub bridge: String,
+    /// The org's slice, e.g. `10.88.3.0/24`.
+    pub slice: Ipv4Cidr,
+    /// The host's address on the bridge: every machine's default gateway.
+    pub gateway: Ipv4Addr,
+}
+
 /// A way to run machines. Every operation is idempotent, so reconcilers may retry freely.
 #[async_trait]
 pub trait Driver: Send + Sync + 'static {
@@ -87,6 +99,11 @@ pub trait Driver: Send + Sync + 'static {
 
     /// Stops the machine and deletes its workspace volume and all its state. Idempotent.
     async fn destroy(&self, id: &str) -> Result<(), RuntimeError>;
+
+    /// The org's network, assigning its slice and bringing up its bridge if needed, so a
+    /// node service can listen on the gateway before the org's first machine boots.
+    /// Idempotent; the slice never changes once assigned.
+    async fn org_network(&self, org_id: &str) -> Result<OrgNetwork, RuntimeError>;
 
     /// Ids of machines currently running.
     async fn running(&self) -> Result<Vec<String>, RuntimeError>;

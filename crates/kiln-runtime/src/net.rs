@@ -201,6 +201,27 @@ pub(crate) async fn ensure_bridge(slice: Ipv4Cidr) -> Result<(), RuntimeError> {
     Ok(())
 }
 
+/// Lets the machines on `bridge` (one org's), and no others, connect to TCP `port` on the
+/// host: the door to a node service that belongs to that org, such as its database.
+pub async fn allow_org_service(bridge: &str, port: u16) -> Result<(), RuntimeError> {
+    let element =
+        format!("add element inet {NFT_TABLE} org_services {{ \"{bridge}\" . tcp . {port} }}\n");
+    run_tool("nft", &["-f", "-"], Some(&element)).await?;
+    Ok(())
+}
+
+/// Closes the door [`allow_org_service`] opened. Idempotent.
+pub async fn revoke_org_service(bridge: &str, port: u16) -> Result<(), RuntimeError> {
+    // Add, then delete, in one transaction: nftables 1.0.6 cannot delete "if present".
+    let element = format!("{{ \"{bridge}\" . tcp . {port} }}");
+    let script = format!(
+        "add element inet {NFT_TABLE} org_services {element}\n\
+         delete element inet {NFT_TABLE} org_services {element}\n"
+    );
+    run_tool("nft", &["-f", "-"], Some(&script)).await?;
+    Ok(())
+}
+
 /// Lets machines on bridge `name` reach each other (the `same_bridge` nftables set).
 pub(crate) async fn allow_bridge(name: &str) -> Result<(), RuntimeError> {
     let element =
@@ -308,6 +329,7 @@ pub fn ruleset() -> String {
 add set inet {t} same_bridge {{ type ifname . ifname; comment \"bridges whose ports may talk to each other\"; }}
 add set inet {t} egress_nets {{ type ipv4_addr; flags interval; comment \"machine subnets NATed out to the internet\"; }}
 add set inet {t} host_services {{ type inet_proto . inet_service; comment \"host ports machines may connect to\"; }}
+add set inet {t} org_services {{ type ifname . inet_proto . inet_service; comment \"host ports only one org's bridge may connect to\"; }}
 add chain inet {t} input {{ type filter hook input priority filter - 10; policy accept; }}
 add chain inet {t} forward {{ type filter hook forward priority filter - 10; policy accept; }}
 add chain inet {t} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}
@@ -316,6 +338,7 @@ flush chain inet {t} forward
 flush chain inet {t} postrouting
 add rule inet {t} input iifname {br} ct state established,related accept
 add rule inet {t} input iifname {br} meta l4proto . th dport @host_services accept
+add rule inet {t} input iifname . meta l4proto . th dport @org_services accept
 add rule inet {t} input iifname {br} drop
 add rule inet {t} forward iifname . oifname @same_bridge accept
 add rule inet {t} forward oifname {br} ct state established,related accept

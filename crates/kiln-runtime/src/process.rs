@@ -50,7 +50,7 @@ use nix::sys::signal::{Signal, kill};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    Driver, MachineInfo, MachineSpec,
+    Driver, MachineInfo, MachineSpec, OrgNetwork,
     cgroup::{self, Limits, MachineCgroups},
     error::{IoContext, RuntimeError},
     image::{self, ImageRef, ImageStore},
@@ -407,6 +407,55 @@ impl ProcessDriver {
         }
     }
 
+    /// Assigns the org's slice if it has none yet and brings up its bridge, under the
+    /// allocation locks.
+    async fn org_network_locked(&self, org_id: &str) -> Result<OrgNetwork, RuntimeError> {
+        let subnet = self.inner.cfg.subnet;
+        let mut state = self.load_network()?;
+        self.check_subnet(&mut state)?;
+        let index = match state.orgs.get(org_id) {
+            Some(&i) => i,
+            None => {
+                let taken: BTreeSet<u32> = state.orgs.values().copied().collect();
+                let i = (0..subnet.slice_count())
+                    .find(|i| !taken.contains(i))
+                    .ok_or_else(|| RuntimeError::SubnetExhausted {
+                        subnet: subnet.to_string(),
+                        org_id: org_id.to_owned(),
+                    })?;
+                state.orgs.insert(org_id.to_owned(), i);
+                self.save_network(&state)?;
+                i
+            }
+        };
+        let slice = subnet.slice(index).ok_or_else(|| {
+            RuntimeError::InvalidConfig(format!(
+                "network.json assigns slice {index} to org {org_id}, outside {subnet}"
+            ))
+        })?;
+        net::ensure_bridge(slice).await?;
+        let bridge = net::bridge_name(slice);
+        let known = self
+            .inner
+            .allowed_bridges
+            .lock()
+            .expect("bridge set lock is never held across a panic")
+            .contains(&bridge);
+        if !known {
+            net::allow_bridge(&bridge).await?;
+            self.inner
+                .allowed_bridges
+                .lock()
+                .expect("bridge set lock is never held across a panic")
+                .insert(bridge.clone());
+        }
+        Ok(OrgNetwork {
+            bridge,
+            slice,
+            gateway: slice.host(1),
+        })
+    }
+
     /// Assigns the org's slice (creating its bridge) and a free address in it, keeping the
     /// previous address when it is still free; writes the machine record.
     async fn allocate(
@@ -416,31 +465,7 @@ impl ProcessDriver {
     ) -> Result<MachineRecord, RuntimeError> {
         let _guard = self.inner.alloc.lock().await;
         let _flock = lock::exclusive(&self.network_lock_path()).await?;
-        let subnet = self.inner.cfg.subnet;
-
-        let mut state = self.load_network()?;
-        self.check_subnet(&mut state)?;
-        let index = match state.orgs.get(&spec.org_id) {
-            Some(&i) => i,
-            None => {
-                let taken: BTreeSet<u32> = state.orgs.values().copied().collect();
-                let i = (0..subnet.slice_count())
-                    .find(|i| !taken.contains(i))
-                    .ok_or_else(|| RuntimeError::SubnetExhausted {
-                        subnet: subnet.to_string(),
-                        org_id: spec.org_id.clone(),
-                    })?;
-                state.orgs.insert(spec.org_id.clone(), i);
-                self.save_network(&state)?;
-                i
-            }
-        };
-        let slice = subnet.slice(index).ok_or_else(|| {
-            RuntimeError::InvalidConfig(format!(
-                "network.json assigns slice {index} to org {}, outside {subnet}",
-                spec.org_id
-            ))
-        })?;
+        let slice = self.org_network_locked(&spec.org_id).await?.slice;
 
         let used: BTreeSet<Ipv4Addr> = self
             .records()?
@@ -461,22 +486,6 @@ impl ProcessDriver {
                     slice: slice.to_string(),
                 })?,
         };
-        net::ensure_bridge(slice).await?;
-        let bridge = net::bridge_name(slice);
-        let known = self
-            .inner
-            .allowed_bridges
-            .lock()
-            .expect("bridge set lock is never held across a panic")
-            .contains(&bridge);
-        if !known {
-            net::allow_bridge(&bridge).await?;
-            self.inner
-                .allowed_bridges
-                .lock()
-                .expect("bridge set lock is never held across a panic")
-                .insert(bridge);
-        }
 
         let record = MachineRecord {
             id: spec.id.clone(),
@@ -828,6 +837,12 @@ impl Driver for ProcessDriver {
             _ => {}
         }
         Ok(())
+    }
+
+    async fn org_network(&self, org_id: &str) -> Result<OrgNetwork, RuntimeError> {
+        let _guard = self.inner.alloc.lock().await;
+        let _flock = lock::exclusive(&self.network_lock_path()).await?;
+        self.org_network_locked(org_id).await
     }
 
     async fn running(&self) -> Result<Vec<String>, RuntimeError> {

@@ -116,6 +116,9 @@ pub enum Command {
     /// An app's configuration variables and secrets.
     #[command(subcommand)]
     Env(EnvCommand),
+    /// Scheduled jobs run from an app's live release.
+    #[command(subcommand)]
+    Cron(CronCommand),
     /// Nodes and their drivers.
     Nodes,
 }
@@ -290,5 +293,51 @@ pub enum EnvCommand {
     List {
         /// App id or slug.
         app: String,
+    },
+}
+
+/// `kiln cron …`.
+#[derive(Debug, Subcommand)]
+pub enum CronCommand {
+    /// Schedule a command: `kiln cron add APP --schedule "*/5 * * * *" -- CMD…`.
+    Add {
+        /// App id or slug.
+        app: String,
+        /// Cron expression: 5 fields, or 6 with seconds first.
+        #[arg(long)]
+        schedule: String,
+        /// Job name, unique in the app (default: derived from the command).
+        #[arg(long)]
+        name: Option<String>,
+        /// IANA time zone the schedule is read in (default: UTC).
+        #[arg(long)]
+        timezone: Option<String>,
+        /// Start a slot even while the previous run still goes.
+        #[arg(long)]
+        allow_overlap: bool,
+        /// Seconds a run may take before it is killed (default: 3600).
+        #[arg(long)]
+        timeout: Option<u32>,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// List an app's jobs with their next slot.
+    List {
+        /// App id or slug.
+        app: String,
+    },
+    /// A job's runs, newest first: slot, outcome, exit code, and the log tail with `--logs`.
+    Runs {
+        /// Job id.
+        job: String,
+        /// Print each run's log tail too.
+        #[arg(long)]
+        logs: bool,
+    },
+    /// Delete a job and its history.
+    Delete {
+        /// Job id.
+        job: String,
     },
 }

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod cron;
 pub mod error;
 pub mod http;
 mod idempotency;
@@ -138,6 +139,7 @@ impl Platform {
         });
         let reconciler = tokio::spawn(reconciler::run(self.service.clone(), shutdown.clone()));
         let routing = tokio::spawn(routing::run(self.service.clone(), shutdown.clone()));
+        let cron = tokio::spawn(cron::run(self.service.clone(), shutdown.clone()));
         let edge = kiln_edge::Edge::new(edge_config(self.service.config()), self.routes.clone());
         let edge_shutdown = shutdown.clone();
         let edge = tokio::spawn(edge.serve(self.edge_listener, async move {
@@ -152,6 +154,7 @@ impl Platform {
         shutdown.cancel();
         let _ = reconciler.await;
         let _ = routing.await;
+        let _ = cron.await;
         match edge.await {
             Ok(Err(e)) => tracing::warn!(error = %e, "edge stopped with an error"),
             Err(e) => tracing::warn!(error = %e, "edge task failed"),

@@ -2,6 +2,7 @@
 //! extract, call one [`Service`] method and serialize; nothing else.
 
 mod apps;
+mod cron;
 mod edge;
 mod env;
 mod extract;
@@ -45,6 +46,9 @@ pub fn router(service: Service) -> Router {
             "/v1/apps/{app}/env/{name}",
             axum::routing::put(env::set).delete(env::unset),
         )
+        .route("/v1/apps/{app}/cron", post(cron::create).get(cron::list))
+        .route("/v1/cron/{job}", get(cron::get).delete(cron::delete))
+        .route("/v1/cron/{job}/runs", get(cron::runs))
         .route("/v1/releases/{rel}", get(releases::get))
         .route("/v1/releases/{rel}/verify", get(releases::verify))
         .route("/v1/artifacts/uploads", post(releases::create_upload))

@@ -196,9 +196,9 @@ impl Service {
         release: &ReleaseRecord,
         manifest: &Manifest,
     ) -> Result<SocketAddr, String> {
-        let image = manifest.runtime_image.parse().map_err(|e| format!("{e}"))?;
-        let mut env = self.resolve_env(&record.app_id, &manifest.env).await?;
-        env.extend(self.managed_env(&record.org_id, &record.app_id).await?);
+        let mut env = self
+            .release_env(&record.org_id, &record.app_id, manifest)
+            .await?;
         let _ = self
             .store()
             .set_deployment_env(
@@ -207,22 +207,9 @@ impl Service {
             )
             .await;
         env.insert("PORT".to_owned(), manifest.port.to_string());
-        let spec = MachineSpec {
-            id: record.id.clone(),
-            org_id: record.org_id.clone(),
-            image,
-            vcpus: self.config().sandbox_vcpus,
-            memory_mib: self.config().sandbox_memory_mib,
-            pids_max: self.config().machine_pids_max,
-            hostname: "app".to_owned(),
-            env,
-        };
         let machine = self
-            .driver()
-            .start(&spec)
-            .await
-            .map_err(|e| format!("the machine did not start: {e}"))?;
-        self.install(&machine, release).await?;
+            .boot_release_machine(&record.id, &record.org_id, "app", release, manifest, env)
+            .await?;
         let running = machine
             .agent
             .process_list()
@@ -247,6 +234,50 @@ impl Service {
         self.machines().insert(machine);
         wait_healthy(address, &manifest.health_path, self.config().health_timeout).await?;
         Ok(address)
+    }
+
+    /// The variables a machine of the release gets: the release's own, resolved from the app's
+    /// config, and those of the app's managed resources.
+    pub(crate) async fn release_env(
+        &self,
+        org_id: &str,
+        app_id: &str,
+        manifest: &Manifest,
+    ) -> Result<BTreeMap<String, String>, String> {
+        let mut env = self.resolve_env(app_id, &manifest.env).await?;
+        env.extend(self.managed_env(org_id, app_id).await?);
+        Ok(env)
+    }
+
+    /// Starts (or adopts) machine `id` on the release's image with `env`, and unpacks the
+    /// release's artifact into its workspace.
+    pub(crate) async fn boot_release_machine(
+        &self,
+        id: &str,
+        org_id: &str,
+        hostname: &str,
+        release: &ReleaseRecord,
+        manifest: &Manifest,
+        env: BTreeMap<String, String>,
+    ) -> Result<MachineInfo, String> {
+        let image = manifest.runtime_image.parse().map_err(|e| format!("{e}"))?;
+        let spec = MachineSpec {
+            id: id.to_owned(),
+            org_id: org_id.to_owned(),
+            image,
+            vcpus: self.config().sandbox_vcpus,
+            memory_mib: self.config().sandbox_memory_mib,
+            pids_max: self.config().machine_pids_max,
+            hostname: hostname.to_owned(),
+            env,
+        };
+        let machine = self
+            .driver()
+            .start(&spec)
+            .await
+            .map_err(|e| format!("the machine did not start: {e}"))?;
+        self.install(&machine, release).await?;
+        Ok(machine)
     }
 
     /// Unpacks the release's artifact into the machine's workspace, once.

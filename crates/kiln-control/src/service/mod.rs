@@ -2,6 +2,7 @@
 //! authorize and extract, then call one method here.
 
 mod apps;
+mod cron;
 mod deployments;
 mod env;
 mod machines;

@@ -28,6 +28,7 @@ pub mod pages;
 mod proxy;
 mod routes;
 mod server;
+mod upstream;
 mod wire;
 
 use std::net::SocketAddr;

@@ -7,13 +7,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Body as _;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -24,9 +22,7 @@ use crate::body::{self, BodyTooLarge, EdgeBody, LimitedBody};
 use crate::framing::FramingVerdict;
 use crate::pages::{self, PageKind};
 use crate::routes::{Backend, Brand, Resolution, RouteKind, RouteTable, Routes, normalize_host};
-
-/// The upstream client: HTTP/1.1 over plain TCP with pooled keep-alive connections.
-pub(crate) type UpstreamClient = Client<HttpConnector, LimitedBody>;
+use crate::upstream::UpstreamPool;
 
 /// What every request handler shares, across all workers.
 pub(crate) struct Shared {
@@ -36,9 +32,9 @@ pub(crate) struct Shared {
 
 /// What the requests of one worker thread share.
 pub(crate) struct Worker {
-    /// This worker's upstream pool: its connections live on this worker's thread, so a request
+    /// This worker's upstream connections: they live on this worker's thread, so a request
     /// never waits on another thread.
-    pub(crate) client: UpstreamClient,
+    pub(crate) upstream: UpstreamPool,
     /// Every task of this worker (connections and spliced upgrades); the worker waits for
     /// them before it exits.
     pub(crate) tasks: TaskTracker,
@@ -46,22 +42,20 @@ pub(crate) struct Worker {
     pub(crate) stopping: CancellationToken,
 }
 
-/// Builds one worker's upstream client.
-pub(crate) fn upstream_client(config: &EdgeConfig) -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(config.upstream_connect_timeout));
-    connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build(connector)
+/// Builds one worker's upstream connection pool.
+pub(crate) fn upstream_pool(config: &EdgeConfig) -> UpstreamPool {
+    UpstreamPool::new(config.upstream_connect_timeout, UPSTREAM_IDLE_TIMEOUT)
 }
+
+/// How long a kept-alive upstream connection may sit unused.
+pub(crate) const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the handler knows about the downstream connection a request came on.
 pub(crate) struct ConnInfo {
     pub(crate) worker: Arc<Worker>,
     pub(crate) remote: SocketAddr,
+    /// The client's address as forwarded in `X-Forwarded-For`, rendered once per connection.
+    pub(crate) client_ip: HeaderValue,
     pub(crate) http2: bool,
     /// The framing scanner's findings (HTTP/1 only).
     pub(crate) framing: Option<Arc<FramingVerdict>>,
@@ -171,7 +165,7 @@ pub(crate) async fn handle(
         let (tx, rx) = oneshot::channel();
         (Some(tx), Some(rx))
     };
-    let upstream_req = match upstream_request(req, upstream, &host_value, &conn, websocket) {
+    let upstream_req = match upstream_request(req, &host_value, &conn, websocket) {
         Ok((parts, body)) => Request::from_parts(parts, LimitedBody::new(body, limit, body_done)),
         Err(headers) => return pages::response(PageKind::BadRequest, brand, &headers),
     };
@@ -193,7 +187,7 @@ pub(crate) async fn handle(
         tokio::time::sleep(response_timeout).await;
     };
     let answer = tokio::select! {
-        answer = conn.worker.client.request(upstream_req) => Some(answer),
+        answer = conn.worker.upstream.send(upstream, upstream_req) => Some(answer),
         () = deadline => None,
     };
     let mut response = match answer {
@@ -333,6 +327,10 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 
 /// Removes hop-by-hop headers, including any the `Connection` header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names is cheaper than nine removals.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = connection_tokens(headers)
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
@@ -350,7 +348,6 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// headers so the caller can still answer in the format the client asked for.
 fn upstream_request(
     req: Request<Incoming>,
-    upstream: SocketAddr,
     host_value: &HeaderValue,
     conn: &ConnInfo,
     websocket: bool,
@@ -361,17 +358,8 @@ fn upstream_request(
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let Ok(authority) = Authority::try_from(upstream.to_string()) else {
-        return Err(parts.headers);
-    };
-    let Ok(uri) = Uri::builder()
-        .scheme(Scheme::HTTP)
-        .authority(authority)
-        .path_and_query(path)
-        .build()
-    else {
-        return Err(parts.headers);
-    };
+    // Origin-form: the connection already leads to the machine.
+    let uri = Uri::from(path);
 
     let headers = &mut parts.headers;
     let upgrade = websocket
@@ -401,18 +389,16 @@ fn upstream_request(
     }
     headers.insert(header::HOST, host_value.clone());
 
-    let client_ip = conn.remote.ip().to_canonical().to_string();
-    let forwarded_for = {
+    let forwarded_for = if headers.contains_key(&X_FORWARDED_FOR) {
         let previous: Vec<&str> = headers
             .get_all(&X_FORWARDED_FOR)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .collect();
-        if previous.is_empty() {
-            HeaderValue::from_str(&client_ip)
-        } else {
-            HeaderValue::from_str(&format!("{}, {client_ip}", previous.join(", ")))
-        }
+        let client_ip = conn.client_ip.to_str().unwrap_or_default();
+        HeaderValue::from_str(&format!("{}, {client_ip}", previous.join(", ")))
+    } else {
+        Ok(conn.client_ip.clone())
     };
     match forwarded_for {
         Ok(value) => {

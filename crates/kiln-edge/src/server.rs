@@ -142,14 +142,16 @@ async fn worker(
         }
     };
     let worker = Arc::new(Worker {
-        client: proxy::upstream_client(&shared.config),
+        upstream: proxy::upstream_pool(&shared.config),
         tasks: TaskTracker::new(),
         stopping: stop.drain.clone(),
     });
+    let mut sweep = tokio::time::interval(proxy::UPSTREAM_IDLE_TIMEOUT / 3);
     loop {
         tokio::select! {
             biased;
             () = stop.drain.cancelled() => break,
+            _ = sweep.tick() => worker.upstream.sweep(),
             accepted = listener.accept() => match accepted {
                 Ok((stream, remote)) => {
                     // Small answers should leave at once, not wait for Nagle.
@@ -176,6 +178,12 @@ async fn worker(
     drop(listener);
     worker.tasks.close();
     worker.tasks.wait().await;
+}
+
+/// The client address as `X-Forwarded-For` gives it (IPv4-mapped IPv6 shown as IPv4).
+fn client_ip_value(remote: SocketAddr) -> http::HeaderValue {
+    http::HeaderValue::from_str(&remote.ip().to_canonical().to_string())
+        .unwrap_or_else(|_| http::HeaderValue::from_static("unknown"))
 }
 
 /// Serves one downstream connection, HTTP/1.1 or HTTP/2 (prior knowledge), until it closes
@@ -216,6 +224,7 @@ async fn serve_connection<IO>(
     let conn = Arc::new(ConnInfo {
         worker,
         remote,
+        client_ip: client_ip_value(remote),
         http2,
         framing,
         requests: AtomicU64::new(0),

@@ -10,6 +10,11 @@ mod up;
 
 use clap::Parser;
 
+/// mimalloc rather than the system allocator: the edge allocates a few small buffers per
+/// proxied request, and glibc's malloc was a tenth of its instructions.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");

@@ -26,6 +26,10 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use kiln_edge::{Backend, Brand, Edge, EdgeConfig, Route, RouteKind, RouteTable, Routes};
 
+/// The same allocator as the `kiln` binary, so the figures are the edge's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 struct Options {
     edge_threads: usize,
     upstream: Option<SocketAddr>,

@@ -29,6 +29,9 @@ mod network;
 mod plan;
 mod vmm;
 
+#[cfg(test)]
+mod tests;
+
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
     ffi::OsString,

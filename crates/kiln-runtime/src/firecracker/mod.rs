@@ -332,6 +332,62 @@ impl FirecrackerDriver {
         &self.inner.firecracker
     }
 
+    /// Stops every running machine of this driver and removes idle org bridges (e.g. when the
+    /// node shuts down for good). Errors are logged, so one stuck machine does not keep the
+    /// others running.
+    pub async fn shutdown_all(&self) {
+        let ids = match self.running().await {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list machines to shut down");
+                return;
+            }
+        };
+        let mut tasks = tokio::task::JoinSet::new();
+        for id in ids {
+            let driver = self.clone();
+            tasks.spawn(async move {
+                if let Err(e) = driver.stop(&id).await {
+                    tracing::error!(machine = %id, error = %e, "cannot stop machine");
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        if let Err(e) = self.remove_idle_bridges().await {
+            tracing::error!(error = %e, "cannot remove org bridges");
+        }
+    }
+
+    /// Deletes the bridges of this driver's orgs that have no machine holding an address; the
+    /// slice assignments stay.
+    pub async fn remove_idle_bridges(&self) -> Result<(), RuntimeError> {
+        let _guard = self.inner.alloc.lock().await;
+        let _flock = lock::exclusive(&self.network_lock_path()).await?;
+        let state = self.load_network()?;
+        let busy: BTreeSet<Ipv4Cidr> = self
+            .records()?
+            .into_iter()
+            .filter(|r| r.address.is_some())
+            .map(|r| r.slice)
+            .collect();
+        for &index in state.orgs.values() {
+            let Some(slice) = self.inner.cfg.subnet.slice(index) else {
+                continue;
+            };
+            if busy.contains(&slice) {
+                continue;
+            }
+            let bridge = net::bridge_name(slice);
+            net::remove_bridge(&bridge).await?;
+            self.inner
+                .allowed_bridges
+                .lock()
+                .expect("bridge set lock is never held across a panic")
+                .remove(&bridge);
+        }
+        Ok(())
+    }
+
     fn machine_dir(&self, id: &str) -> PathBuf {
         self.inner.cfg.state_dir.join(id)
     }

@@ -982,7 +982,9 @@ pub(crate) fn console_tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(CONSOLE_TAIL_LINES)..].join("\n")
 }
 
-pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, RuntimeError> {
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(
+    path: &Path,
+) -> Result<Option<T>, RuntimeError> {
     match fs::read(path) {
         Ok(bytes) => {
             serde_json::from_slice(&bytes)

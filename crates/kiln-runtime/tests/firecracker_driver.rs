@@ -93,7 +93,40 @@ async fn driver(
     cfg.firecracker_bin = Some(fake_firecracker());
     cfg.subnet = subnet(index);
     cfg.boot_deadline = deadline;
-    FirecrackerDriver::new(cfg).await.expect("firecracker driver")
+    FirecrackerDriver::new(cfg)
+        .await
+        .expect("firecracker driver")
+}
+
+/// Destroys its machines and shuts the driver down when dropped, so even a failing test leaves
+/// no Firecracker, tap or bridge behind.
+struct Cleanup {
+    driver: FirecrackerDriver,
+    ids: Vec<String>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let driver = self.driver.clone();
+        let ids = std::mem::take(&mut self.ids);
+        // A fresh runtime on a fresh thread: Drop may run inside the test's runtime.
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("cleanup runtime");
+            rt.block_on(async {
+                for id in ids {
+                    if let Err(e) = driver.destroy(&id).await {
+                        eprintln!("cleanup of {id} failed: {e}");
+                    }
+                }
+                driver.shutdown_all().await;
+            });
+        })
+        .join()
+        .expect("cleanup thread");
+    }
 }
 
 fn spec(id: &str) -> MachineSpec {
@@ -159,6 +192,10 @@ async fn a_guest_that_never_answers_fails_clearly_within_the_deadline() {
     )
     .await;
     let id = unique_id("fc_silent");
+    let _cleanup = Cleanup {
+        driver: driver.clone(),
+        ids: vec![id.clone()],
+    };
 
     let started = Instant::now();
     let err = driver.start(&spec(&id)).await.expect_err("no guest agent");
@@ -172,7 +209,9 @@ async fn a_guest_that_never_answers_fails_clearly_within_the_deadline() {
         "{err:?}"
     );
     assert!(
-        text.contains(&format!("machine {id}: the guest never answered within 3 s")),
+        text.contains(&format!(
+            "machine {id}: the guest never answered within 3 s"
+        )),
         "{text}"
     );
     // The serial console tail is quoted.
@@ -222,10 +261,7 @@ async fn a_guest_that_never_answers_fails_clearly_within_the_deadline() {
     let boot = body("/boot-source");
     let args = boot["boot_args"].as_str().expect("boot args");
     assert!(
-        args.contains(&format!(
-            "ip={address}::{}:255.255.255.0:",
-            slice.host(1)
-        )),
+        args.contains(&format!("ip={address}::{}:255.255.255.0:", slice.host(1))),
         "{args}"
     );
     assert!(args.contains(&format!("kiln.machine_id={id}")), "{args}");
@@ -307,7 +343,9 @@ async fn a_missing_binary_is_reported_at_construction() {
     let files = tempfile::tempdir().expect("files");
     let mut cfg = FirecrackerConfig::new(state.path(), image(files.path(), FAKE_KERNEL, ""));
     cfg.firecracker_bin = Some(files.path().join("no-firecracker"));
-    let err = FirecrackerDriver::new(cfg).await.expect_err("missing binary");
+    let err = FirecrackerDriver::new(cfg)
+        .await
+        .expect_err("missing binary");
     let text = err.to_string();
     assert!(
         text.contains("no-firecracker") && text.contains("KILN_FIRECRACKER_BIN"),
@@ -331,6 +369,10 @@ async fn machines_boot_stop_restart_and_are_adopted() {
     let deadline = Duration::from_secs(10);
     let driver1 = driver(state.path(), 2, guest.clone(), deadline).await;
     let id = unique_id("fc_life");
+    let _cleanup = Cleanup {
+        driver: driver1.clone(),
+        ids: vec![id.clone()],
+    };
 
     let machine = driver1.start(&spec(&id)).await.expect("boot");
     assert!(
@@ -342,7 +384,7 @@ async fn machines_boot_stop_restart_and_are_adopted() {
     assert!(link_exists(&tap_name(&id)), "tap missing");
     let (code, out, _) = sh(&machine.agent, "echo hello > note.txt && cat note.txt").await;
     assert_eq!((code, out.as_str()), (Some(0), "hello\n"));
-    assert_eq!(driver1.running().await.expect("running"), [id.clone()]);
+    assert_eq!(driver1.running().await.expect("running"), vec![id.clone()]);
 
     // A new driver on the same state directory adopts the machine instead of rebooting it.
     let driver2 = driver(state.path(), 2, guest, deadline).await;
@@ -420,6 +462,10 @@ async fn real_firecracker_boots_a_sandbox_or_explains_why_not() {
     cfg.boot_deadline = deadline;
     let driver = FirecrackerDriver::new(cfg).await.expect("driver");
     let id = unique_id("fc_real");
+    let _cleanup = Cleanup {
+        driver: driver.clone(),
+        ids: vec![id.clone()],
+    };
     let started = Instant::now();
     match driver.start(&spec(&id)).await {
         Ok(machine) => {

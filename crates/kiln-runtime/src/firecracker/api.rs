@@ -176,10 +176,9 @@ impl ApiClient {
                 socket: self.socket.clone(),
                 source,
             })?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(|e| transport(e.to_string()))?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| transport(e.to_string()))?;
         let connection = tokio::spawn(connection);
         let body = serde_json::to_vec(&request.body).expect("JSON values serialise");
         let http_request = http::Request::builder()

@@ -79,7 +79,9 @@ pub enum FirecrackerError {
     },
 
     /// Firecracker exited while the machine was being configured or booted.
-    #[error("firecracker for machine {id} exited ({status}) before the guest answered; its output:\n{console}")]
+    #[error(
+        "firecracker for machine {id} exited ({status}) before the guest answered; its output:\n{console}"
+    )]
     Exited {
         /// The machine.
         id: String,
@@ -90,7 +92,9 @@ pub enum FirecrackerError {
     },
 
     /// Firecracker never created its API socket.
-    #[error("firecracker for machine {id} did not create its API socket {socket} within {secs} s; its output:\n{console}")]
+    #[error(
+        "firecracker for machine {id} did not create its API socket {socket} within {secs} s; its output:\n{console}"
+    )]
     NoApiSocket {
         /// The machine.
         id: String,
@@ -118,7 +122,9 @@ pub enum FirecrackerError {
     },
 
     /// A unix socket path would exceed Linux's 107-byte limit.
-    #[error("socket path {path} is longer than 107 bytes; configure a shorter state or chroot base directory")]
+    #[error(
+        "socket path {path} is longer than 107 bytes; configure a shorter state or chroot base directory"
+    )]
     SocketPathTooLong {
         /// The path.
         path: PathBuf,

@@ -83,8 +83,7 @@ impl Jail {
 
     /// Where a path inside the jail is on the host.
     pub fn host_path(&self, inside: &Path) -> PathBuf {
-        self.root
-            .join(inside.strip_prefix("/").unwrap_or(inside))
+        self.root.join(inside.strip_prefix("/").unwrap_or(inside))
     }
 
     /// Creates the chroot directory (the jailer leaves an existing one alone).
@@ -225,7 +224,9 @@ mod tests {
         );
         assert_eq!(
             jail.root,
-            Path::new("/srv/jailer/firecracker").join(&jail.id).join("root")
+            Path::new("/srv/jailer/firecracker")
+                .join(&jail.id)
+                .join("root")
         );
         assert_eq!(
             jail.host_path(Path::new("/firecracker.socket")),

@@ -48,6 +48,7 @@ use async_trait::async_trait;
 use kiln_guest::client::{AgentClient, Endpoint};
 use serde::{Deserialize, Serialize};
 
+use self::network::NetworkState;
 pub use self::{
     api::{
         ActionType, ApiClient, ApiRequest, BootSource, Drive, InstanceActionInfo, Logger,
@@ -59,7 +60,6 @@ pub use self::{
     network::{guest_mac, kernel_ip_arg, tap_name},
     plan::{BootPlan, NET_IFACE, ROOT_DRIVE, WORKSPACE_DRIVE, action_request},
 };
-use self::network::NetworkState;
 use crate::{
     Driver, MachineInfo, MachineSpec, OrgNetwork,
     error::{IoContext, RuntimeError},
@@ -134,10 +134,7 @@ impl FirecrackerConfig {
     /// `KILN_FIRECRACKER_JAILER` (the jailer binary; enables jailing), and for the jailer
     /// `KILN_FIRECRACKER_UID`/`KILN_FIRECRACKER_GID` (default 65534, `nobody`) and
     /// `KILN_FIRECRACKER_CHROOT_BASE` (default `/srv/jailer`).
-    pub fn with_env(
-        mut self,
-        var: impl Fn(&str) -> Option<String>,
-    ) -> Result<Self, RuntimeError> {
+    pub fn with_env(mut self, var: impl Fn(&str) -> Option<String>) -> Result<Self, RuntimeError> {
         let non_empty = |name: &str| var(name).filter(|v| !v.is_empty());
         if let Some(bin) = non_empty("KILN_FIRECRACKER_BIN") {
             self.firecracker_bin = Some(bin.into());
@@ -558,8 +555,7 @@ impl FirecrackerDriver {
             .filter(|r| r.id != spec.id)
             .filter_map(|r| r.address)
             .collect();
-        let address =
-            network::free_address(slice, &used, previous.and_then(|p| p.address))?;
+        let address = network::free_address(slice, &used, previous.and_then(|p| p.address))?;
         let record = MachineRecord {
             id: spec.id.clone(),
             org_id: spec.org_id.clone(),
@@ -611,20 +607,25 @@ impl FirecrackerDriver {
     /// its tap, sockets, pidfile and jail. The record and workspace are left to the caller.
     async fn teardown(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
         let record = self.read_record(id)?;
-        let jail = record.as_ref().and_then(|r| r.jail.as_ref()).map(Jail::from);
+        let jail = record
+            .as_ref()
+            .and_then(|r| r.jail.as_ref())
+            .map(Jail::from);
         let sockets = self.sockets(id, jail.as_ref());
         if let Some(pid) = self.running_pid(id, record.as_ref()) {
             if !grace.is_zero() {
                 // The agent powers the guest off cleanly (stopping supervised processes
                 // first); Ctrl+Alt+Del is the fallback for a guest whose agent is stuck.
-                let agent = agent_client(&sockets.vsock)
-                    .with_timeouts(SHUTDOWN_REQUEST, SHUTDOWN_REQUEST);
+                let agent =
+                    agent_client(&sockets.vsock).with_timeouts(SHUTDOWN_REQUEST, SHUTDOWN_REQUEST);
                 if let Err(e) = agent.shutdown().await {
                     tracing::debug!(machine = %id, error = %e, "agent shutdown request failed");
                 }
                 let api = ApiClient::new(&sockets.api);
                 let ctrl_alt_del = action_request(ActionType::SendCtrlAltDel);
-                if let Ok(Err(e)) = tokio::time::timeout(SHUTDOWN_REQUEST, api.send(&ctrl_alt_del)).await {
+                if let Ok(Err(e)) =
+                    tokio::time::timeout(SHUTDOWN_REQUEST, api.send(&ctrl_alt_del)).await
+                {
                     tracing::debug!(machine = %id, error = %e, "SendCtrlAltDel failed");
                 }
                 vmm::wait_exit(pid, grace).await;
@@ -633,7 +634,9 @@ impl FirecrackerDriver {
                 vmm::kill_and_wait(id, pid, KILL_TIMEOUT).await?;
             }
         }
-        let tap = record.as_ref().map_or_else(|| tap_name(id), |r| r.tap.clone());
+        let tap = record
+            .as_ref()
+            .map_or_else(|| tap_name(id), |r| r.tap.clone());
         network::remove_tap(&tap).await?;
         let dir = self.machine_dir(id);
         for path in [
@@ -835,7 +838,10 @@ impl FirecrackerDriver {
                 }
                 .into()),
                 Ok(None) => Ok(()),
-                Err(e) => Err(RuntimeError::io(format!("check the firecracker of {id}"), e)),
+                Err(e) => Err(RuntimeError::io(
+                    format!("check the firecracker of {id}"),
+                    e,
+                )),
             }
         };
         let socket_deadline = Instant::now() + API_SOCKET_TIMEOUT;
@@ -864,9 +870,7 @@ impl FirecrackerDriver {
 
         let deadline = started + self.inner.cfg.boot_deadline;
         let agent = agent_client(&sockets.vsock);
-        let probe = agent
-            .clone()
-            .with_timeouts(PROBE_TIMEOUT, PROBE_TIMEOUT);
+        let probe = agent.clone().with_timeouts(PROBE_TIMEOUT, PROBE_TIMEOUT);
         let health = loop {
             exited(child)?;
             let now = Instant::now();

@@ -77,7 +77,7 @@ pub(super) fn free_address(
 /// The tap device of machine `id` (15 characters at most, as Linux requires).
 pub fn tap_name(id: &str) -> String {
     let hash = hex::encode(Sha256::digest(id.as_bytes()));
-    format!("kt{}", &hash[..12])
+    format!("kf{}", &hash[..12])
 }
 
 /// The guest MAC of an address: the same address always gets the same MAC, so the node's

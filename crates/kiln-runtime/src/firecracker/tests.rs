@@ -116,7 +116,7 @@ fn plan() -> BootPlan {
         boot_args: "console=ttyS0 reboot=k panic=1 pci=off".into(),
         rootfs: "/var/lib/kiln/guest/rootfs.ext4".into(),
         workspace: "/var/lib/kiln/fc/sbx_1/workspace.ext4".into(),
-        tap: "kt0123456789ab".into(),
+        tap: "kf0123456789ab".into(),
         mac: "02:4b:0a:5c:00:02".into(),
         vcpus: 2,
         memory_mib: 512,
@@ -133,7 +133,9 @@ async fn a_boot_sends_every_call_in_order_with_exact_bodies() {
     let fake = Recorder::start(dir.path(), None);
     let api = ApiClient::new(&fake.socket);
     for request in plan().requests() {
-        api.send(&request).await.expect("the fake accepts everything");
+        api.send(&request)
+            .await
+            .expect("the fake accepts everything");
     }
     let want = [
         (
@@ -176,7 +178,7 @@ async fn a_boot_sends_every_call_in_order_with_exact_bodies() {
         ),
         (
             "/network-interfaces/eth0",
-            json!({"iface_id": "eth0", "host_dev_name": "kt0123456789ab", "guest_mac": "02:4b:0a:5c:00:02"}),
+            json!({"iface_id": "eth0", "host_dev_name": "kf0123456789ab", "guest_mac": "02:4b:0a:5c:00:02"}),
         ),
         (
             "/vsock",
@@ -277,7 +279,10 @@ async fn a_missing_api_socket_names_it() {
         .send(&action_request(ActionType::InstanceStart))
         .await
         .expect_err("no socket");
-    assert!(matches!(err, FirecrackerError::ApiConnect { .. }), "{err:?}");
+    assert!(
+        matches!(err, FirecrackerError::ApiConnect { .. }),
+        "{err:?}"
+    );
     assert!(
         err.to_string().contains(&*socket.to_string_lossy()),
         "{err}"

@@ -73,9 +73,7 @@ pub fn start(
         .stdout(Stdio::from(out))
         .stderr(Stdio::from(err))
         .process_group(0);
-    let child = cmd
-        .spawn()
-        .ctx(|| format!("start {}", program.display()))?;
+    let child = cmd.spawn().ctx(|| format!("start {}", program.display()))?;
     let pid = child.id().ok_or_else(|| {
         RuntimeError::io(
             format!("start {}", program.display()),

@@ -25,7 +25,7 @@ use kiln_runtime::{
     Driver, Ipv4Cidr, MachineSpec, RuntimeError,
     firecracker::{
         FirecrackerConfig, FirecrackerDriver, FirecrackerError, FixedGuestImage, GuestImage,
-        tap_name,
+        JailerConfig, jail_id, tap_name,
     },
 };
 
@@ -284,6 +284,80 @@ async fn a_guest_that_never_answers_fails_clearly_within_the_deadline() {
     driver.destroy(&id).await.expect("destroy");
     assert!(!machine_dir.exists());
     driver.shutdown_all().await;
+}
+
+#[tokio::test]
+async fn a_jailed_firecracker_gets_every_file_inside_its_jail() {
+    if !can_run() {
+        return;
+    }
+    let state = tempfile::tempdir().expect("state");
+    let files = tempfile::tempdir().expect("files");
+    let chroot_base = tempfile::tempdir().expect("chroot base");
+    let mut cfg = FirecrackerConfig::new(state.path(), image(files.path(), FAKE_KERNEL, ""));
+    cfg.firecracker_bin = Some(fake_firecracker());
+    cfg.jailer = Some(JailerConfig {
+        bin: Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake-jailer.py"),
+        uid: 65534,
+        gid: 65534,
+        chroot_base: chroot_base.path().to_owned(),
+    });
+    cfg.subnet = subnet(4);
+    cfg.boot_deadline = Duration::from_secs(2);
+    let driver = FirecrackerDriver::new(cfg).await.expect("jailed driver");
+    let id = unique_id("fc_jailed");
+    let _cleanup = Cleanup {
+        driver: driver.clone(),
+        ids: vec![id.clone()],
+    };
+
+    // The fake jails itself and drops to 65534 before it is configured, so the boot gets as
+    // far as a guest that never answers only if every file was staged in the jail for that user.
+    let err = driver.start(&spec(&id)).await.expect_err("no guest agent");
+    assert!(
+        matches!(
+            &err,
+            RuntimeError::Firecracker(FirecrackerError::GuestNeverAnswered { .. })
+        ),
+        "{err}"
+    );
+    let jail = jail_id(&id);
+    let record = chroot_base.path().join(format!("{jail}.requests.jsonl"));
+    let seen: Vec<serde_json::Value> = fs::read_to_string(&record)
+        .expect("the fake jailer's record")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect();
+    let body = |path: &str| {
+        seen.iter()
+            .find(|r| r["path"] == path)
+            .map(|r| r["body"].clone())
+            .unwrap_or_else(|| panic!("no {path} in {seen:?}"))
+    };
+    assert_eq!(body("/boot-source")["kernel_image_path"], "/vmlinux");
+    assert_eq!(body("/drives/rootfs")["path_on_host"], "/rootfs.ext4");
+    assert_eq!(body("/drives/workspace")["path_on_host"], "/workspace.ext4");
+    assert_eq!(body("/vsock")["uds_path"], "/vsock.sock");
+    assert_eq!(body("/logger")["log_path"], "/firecracker.log");
+    assert_eq!(
+        seen.last().map(|r| r["body"].clone()),
+        Some(serde_json::json!({"action_type": "InstanceStart"}))
+    );
+    // The writable drive was handed to the jailed user; the jail is gone after the failure.
+    let workspace = state.path().join(&id).join("workspace.ext4");
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(&fs::metadata(&workspace).expect("workspace")),
+        65534
+    );
+    assert!(
+        !chroot_base
+            .path()
+            .join("fake-firecracker.py")
+            .join(&jail)
+            .exists(),
+        "jail left behind"
+    );
+    assert_stopped(state.path(), &id, None);
 }
 
 #[tokio::test]

@@ -30,6 +30,9 @@ pub struct GuestMachine<'a> {
     pub slice: Ipv4Cidr,
     /// The vsock port the guest agent must listen on (`--listen vsock:PORT`).
     pub agent_port: u32,
+    /// Whether Firecracker exposes its devices over virtio-pci (`--enable-pci`) rather than
+    /// virtio-mmio.
+    pub pci: bool,
 }
 
 /// One machine's boot files, as host paths.
@@ -57,10 +60,11 @@ pub trait GuestImage: fmt::Debug + Send + Sync + 'static {
 
 /// The kernel arguments every Firecracker guest gets: the serial console, reboot through the
 /// keyboard controller (which makes Firecracker exit), a panic that reboots instead of hanging,
-/// no PCI probing (Firecracker's devices are virtio-mmio), and the static network setup.
+/// no PCI probing unless the devices are on PCI, and the static network setup.
 pub fn base_boot_args(machine: &GuestMachine<'_>) -> String {
     format!(
-        "console=ttyS0 reboot=k panic=1 pci=off {}",
+        "console=ttyS0 reboot=k panic=1{} {}",
+        if machine.pci { "" } else { " pci=off" },
         kernel_ip_arg(machine.address, machine.slice, &machine.spec.hostname)
     )
 }
@@ -68,7 +72,8 @@ pub fn base_boot_args(machine: &GuestMachine<'_>) -> String {
 /// A guest image made of fixed files: a kernel, an optional initramfs and a root file system
 /// whose init starts the agent (told its listen address and machine id through the kernel
 /// command line: `kiln.listen=vsock:PORT kiln.machine_id=ID`), plus a fresh ext4 workspace
-/// volume per machine.
+/// volume per machine. The machine's environment is not passed: the kernel command line is
+/// no place for secrets, and a real guest image carries it in its per-machine configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FixedGuestImage {
     /// The guest kernel.
@@ -134,4 +139,40 @@ async fn make_ext4(path: &Path, mib: u64) -> Result<(), RuntimeError> {
     .await?;
     std::fs::rename(&tmp, path)
         .map_err(|e| RuntimeError::io(format!("rename {tmp_text} to {}", path.display()), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    #[test]
+    fn boot_args_carry_network_and_pci_choice() {
+        let spec = MachineSpec {
+            id: "sbx_1".into(),
+            org_id: "org_1".into(),
+            image: crate::default_image(),
+            vcpus: 1,
+            memory_mib: 256,
+            pids_max: 256,
+            hostname: "sbx-1".into(),
+            env: BTreeMap::new(),
+        };
+        let slice: Ipv4Cidr = "10.92.0.0/24".parse().expect("cidr");
+        let mut machine = GuestMachine {
+            spec: &spec,
+            dir: Path::new("/tmp"),
+            address: slice.host(2),
+            slice,
+            agent_port: 1024,
+            pci: false,
+        };
+        assert_eq!(
+            base_boot_args(&machine),
+            "console=ttyS0 reboot=k panic=1 pci=off ip=10.92.0.2::10.92.0.1:255.255.255.0:sbx-1:eth0:off"
+        );
+        machine.pci = true;
+        assert!(!base_boot_args(&machine).contains("pci=off"));
+    }
 }

@@ -111,6 +111,10 @@ pub struct FirecrackerConfig {
     pub egress: bool,
     /// How long a machine may take from starting Firecracker to its agent answering.
     pub boot_deadline: Duration,
+    /// Start Firecracker with `--enable-pci` (virtio-pci devices). Needed for guest kernels
+    /// that cannot take virtio-mmio devices from the command line (no
+    /// `CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES`, e.g. Debian's cloud kernel).
+    pub enable_pci: bool,
     /// Prepares each machine's kernel, disks and command line.
     pub guest: Arc<dyn GuestImage>,
 }
@@ -126,18 +130,31 @@ impl FirecrackerConfig {
             subnet: Ipv4Cidr::DEFAULT_SUBNET,
             egress: false,
             boot_deadline: DEFAULT_BOOT_DEADLINE,
+            enable_pci: false,
             guest,
         }
     }
 
     /// Applies the driver's environment variables: `KILN_FIRECRACKER_BIN` (the binary),
-    /// `KILN_FIRECRACKER_JAILER` (the jailer binary; enables jailing), and for the jailer
+    /// `KILN_FIRECRACKER_PCI=1` (virtio-pci devices), `KILN_FIRECRACKER_JAILER` (the jailer
+    /// binary; enables jailing), and for the jailer
     /// `KILN_FIRECRACKER_UID`/`KILN_FIRECRACKER_GID` (default 65534, `nobody`) and
     /// `KILN_FIRECRACKER_CHROOT_BASE` (default `/srv/jailer`).
     pub fn with_env(mut self, var: impl Fn(&str) -> Option<String>) -> Result<Self, RuntimeError> {
         let non_empty = |name: &str| var(name).filter(|v| !v.is_empty());
         if let Some(bin) = non_empty("KILN_FIRECRACKER_BIN") {
             self.firecracker_bin = Some(bin.into());
+        }
+        if let Some(pci) = non_empty("KILN_FIRECRACKER_PCI") {
+            self.enable_pci = match pci.as_str() {
+                "1" | "true" => true,
+                "0" | "false" => false,
+                _ => {
+                    return Err(RuntimeError::InvalidConfig(format!(
+                        "KILN_FIRECRACKER_PCI={pci:?}: expected 1 or 0"
+                    )));
+                }
+            };
         }
         if let Some(jailer) = non_empty("KILN_FIRECRACKER_JAILER") {
             let id = |name: &str| -> Result<u32, RuntimeError> {
@@ -716,6 +733,7 @@ impl FirecrackerDriver {
                 address,
                 slice: record.slice,
                 agent_port: AGENT_VSOCK_PORT,
+                pci: self.inner.cfg.enable_pci,
             })
             .await?;
         record.workspace = Some(boot.workspace.clone());
@@ -739,13 +757,17 @@ impl FirecrackerDriver {
         network::create_tap(&record.tap, &org, owner).await?;
 
         let plan = self.plan(spec, &record, &boot, jail.as_ref(), &sockets)?;
-        let (program, args) = match (&self.inner.cfg.jailer, &jail) {
+        let (program, mut args) = match (&self.inner.cfg.jailer, &jail) {
             (Some(cfg), Some(jail)) => (cfg.bin.clone(), jail.argv(cfg, &self.inner.firecracker)),
             _ => (
                 self.inner.firecracker.clone(),
                 vec![OsString::from("--api-sock"), sockets.api.clone().into()],
             ),
         };
+        if self.inner.cfg.enable_pci {
+            // Last, so that under the jailer it follows `--` and reaches Firecracker.
+            args.push("--enable-pci".into());
+        }
         let console = dir.join("console.log");
         let mut child = vmm::start(
             &program,

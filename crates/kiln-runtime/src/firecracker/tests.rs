@@ -345,6 +345,16 @@ fn environment_configures_binaries_and_jailer() {
         Some(Path::new("/opt/fc/firecracker"))
     );
     assert!(plain.jailer.is_none());
+    assert!(!plain.enable_pci);
+    let pci = FirecrackerConfig::new("/var/lib/kiln/fc", guest.clone())
+        .with_env(env(&[("KILN_FIRECRACKER_PCI", "1")]))
+        .expect("valid");
+    assert!(pci.enable_pci);
+    assert!(
+        FirecrackerConfig::new("/var/lib/kiln/fc", guest.clone())
+            .with_env(env(&[("KILN_FIRECRACKER_PCI", "yes please")]))
+            .is_err()
+    );
 
     let jailed = FirecrackerConfig::new("/var/lib/kiln/fc", guest.clone())
         .with_env(env(&[

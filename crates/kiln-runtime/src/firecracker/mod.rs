@@ -736,7 +736,10 @@ impl FirecrackerDriver {
                 pci: self.inner.cfg.enable_pci,
             })
             .await?;
+        // Recorded before anything can fail, so a destroy finds the volume wherever the image
+        // put it.
         record.workspace = Some(boot.workspace.clone());
+        self.write_record(&record)?;
         check_boot_files(&boot)?;
 
         let jail = self.jail(id);

@@ -22,6 +22,8 @@
 //! SIGKILLs Firecracker after a grace period, and removes the tap, sockets and jail.
 
 mod api;
+mod boot;
+mod config;
 mod error;
 mod guest;
 mod jailer;
@@ -34,14 +36,13 @@ mod tests;
 
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
-    ffi::OsString,
     fs,
     io::ErrorKind,
     net::Ipv4Addr,
     os::unix::fs::DirBuilderExt,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use async_trait::async_trait;
@@ -54,6 +55,7 @@ pub use self::{
         ActionType, ApiClient, ApiRequest, BootSource, Drive, InstanceActionInfo, Logger,
         MachineConfiguration, Metrics, NetworkInterface, Vsock,
     },
+    config::FirecrackerConfig,
     error::FirecrackerError,
     guest::{FixedGuestImage, GuestBoot, GuestImage, GuestMachine, base_boot_args},
     jailer::{DEFAULT_CHROOT_BASE, JAILED_API_SOCKET, Jail, JailerConfig, jail_id},
@@ -65,7 +67,7 @@ use crate::{
     error::{IoContext, RuntimeError},
     lock,
     net::{self, Ipv4Cidr},
-    process::{console_tail, read_json, validate_id, validate_spec, write_json},
+    process::{read_json, validate_id, validate_spec, write_json},
     spawn,
 };
 
@@ -79,8 +81,6 @@ pub const DEFAULT_BOOT_DEADLINE: Duration = Duration::from_secs(30);
 /// The KVM device Firecracker needs.
 pub const KVM_DEVICE: &str = "/dev/kvm";
 
-/// How long Firecracker may take to create its API socket.
-const API_SOCKET_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long an adoption probe waits for a running agent.
 const ADOPT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the guest gets to power off after the shutdown requests.
@@ -95,90 +95,6 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 const MAX_SOCKET_PATH: usize = 107;
 /// The most vCPUs Firecracker accepts.
 const MAX_VCPUS: u32 = 32;
-
-/// Configuration of a [`FirecrackerDriver`].
-#[derive(Debug, Clone)]
-pub struct FirecrackerConfig {
-    /// The Firecracker binary; `None` looks for `firecracker` on `PATH`.
-    pub firecracker_bin: Option<PathBuf>,
-    /// Run Firecracker under the jailer.
-    pub jailer: Option<JailerConfig>,
-    /// Machines' state; must be an absolute path.
-    pub state_dir: PathBuf,
-    /// The node subnet; each org gets a /24 of it.
-    pub subnet: Ipv4Cidr,
-    /// Whether machines may reach the internet (NAT through the host).
-    pub egress: bool,
-    /// How long a machine may take from starting Firecracker to its agent answering.
-    pub boot_deadline: Duration,
-    /// Start Firecracker with `--enable-pci` (virtio-pci devices). Needed for guest kernels
-    /// that cannot take virtio-mmio devices from the command line (no
-    /// `CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES`, e.g. Debian's cloud kernel).
-    pub enable_pci: bool,
-    /// Prepares each machine's kernel, disks and command line.
-    pub guest: Arc<dyn GuestImage>,
-}
-
-impl FirecrackerConfig {
-    /// A configuration with the default subnet, no egress, no jailer and the default boot
-    /// deadline, looking for `firecracker` on `PATH`.
-    pub fn new(state_dir: impl Into<PathBuf>, guest: Arc<dyn GuestImage>) -> Self {
-        Self {
-            firecracker_bin: None,
-            jailer: None,
-            state_dir: state_dir.into(),
-            subnet: Ipv4Cidr::DEFAULT_SUBNET,
-            egress: false,
-            boot_deadline: DEFAULT_BOOT_DEADLINE,
-            enable_pci: false,
-            guest,
-        }
-    }
-
-    /// Applies the driver's environment variables: `KILN_FIRECRACKER_BIN` (the binary),
-    /// `KILN_FIRECRACKER_PCI=1` (virtio-pci devices), `KILN_FIRECRACKER_JAILER` (the jailer
-    /// binary; enables jailing), and for the jailer
-    /// `KILN_FIRECRACKER_UID`/`KILN_FIRECRACKER_GID` (default 65534, `nobody`) and
-    /// `KILN_FIRECRACKER_CHROOT_BASE` (default `/srv/jailer`).
-    pub fn with_env(mut self, var: impl Fn(&str) -> Option<String>) -> Result<Self, RuntimeError> {
-        let non_empty = |name: &str| var(name).filter(|v| !v.is_empty());
-        if let Some(bin) = non_empty("KILN_FIRECRACKER_BIN") {
-            self.firecracker_bin = Some(bin.into());
-        }
-        if let Some(pci) = non_empty("KILN_FIRECRACKER_PCI") {
-            self.enable_pci = match pci.as_str() {
-                "1" | "true" => true,
-                "0" | "false" => false,
-                _ => {
-                    return Err(RuntimeError::InvalidConfig(format!(
-                        "KILN_FIRECRACKER_PCI={pci:?}: expected 1 or 0"
-                    )));
-                }
-            };
-        }
-        if let Some(jailer) = non_empty("KILN_FIRECRACKER_JAILER") {
-            let id = |name: &str| -> Result<u32, RuntimeError> {
-                match non_empty(name) {
-                    None => Ok(65534),
-                    Some(v) => v.parse().map_err(|_| {
-                        RuntimeError::InvalidConfig(format!(
-                            "{name}={v:?} is not a numeric user or group id"
-                        ))
-                    }),
-                }
-            };
-            self.jailer = Some(JailerConfig {
-                bin: jailer.into(),
-                uid: id("KILN_FIRECRACKER_UID")?,
-                gid: id("KILN_FIRECRACKER_GID")?,
-                chroot_base: non_empty("KILN_FIRECRACKER_CHROOT_BASE")
-                    .unwrap_or_else(|| DEFAULT_CHROOT_BASE.to_owned())
-                    .into(),
-            });
-        }
-        Ok(self)
-    }
-}
 
 /// The firecracker driver. Cheap to clone; clones share state.
 #[derive(Debug, Clone)]
@@ -712,219 +628,6 @@ impl FirecrackerDriver {
             }
         }
     }
-
-    /// Boots a machine whose leftovers are gone and whose address is allocated.
-    async fn boot(
-        &self,
-        spec: &MachineSpec,
-        mut record: MachineRecord,
-    ) -> Result<MachineInfo, RuntimeError> {
-        let started = Instant::now();
-        let id = &spec.id;
-        let dir = self.machine_dir(id);
-        let address = record.address.expect("allocate always sets an address");
-        let boot = self
-            .inner
-            .cfg
-            .guest
-            .prepare(&GuestMachine {
-                spec,
-                dir: &dir,
-                address,
-                slice: record.slice,
-                agent_port: AGENT_VSOCK_PORT,
-                pci: self.inner.cfg.enable_pci,
-            })
-            .await?;
-        // Recorded before anything can fail, so a destroy finds the volume wherever the image
-        // put it.
-        record.workspace = Some(boot.workspace.clone());
-        self.write_record(&record)?;
-        check_boot_files(&boot)?;
-
-        let jail = self.jail(id);
-        let sockets = self.sockets(id, jail.as_ref());
-        for socket in [&sockets.api, &sockets.vsock] {
-            if socket.as_os_str().len() > MAX_SOCKET_PATH {
-                return Err(FirecrackerError::SocketPathTooLong {
-                    path: socket.clone(),
-                }
-                .into());
-            }
-        }
-        record.jail = jail.as_ref().map(JailRecord::from);
-        self.write_record(&record)?;
-
-        let org = net::bridge_name(record.slice);
-        let owner = self.inner.cfg.jailer.as_ref().map(|j| (j.uid, j.gid));
-        network::create_tap(&record.tap, &org, owner).await?;
-
-        let plan = self.plan(spec, &record, &boot, jail.as_ref(), &sockets)?;
-        let (program, mut args) = match (&self.inner.cfg.jailer, &jail) {
-            (Some(cfg), Some(jail)) => (cfg.bin.clone(), jail.argv(cfg, &self.inner.firecracker)),
-            _ => (
-                self.inner.firecracker.clone(),
-                vec![OsString::from("--api-sock"), sockets.api.clone().into()],
-            ),
-        };
-        if self.inner.cfg.enable_pci {
-            // Last, so that under the jailer it follows `--` and reaches Firecracker.
-            args.push("--enable-pci".into());
-        }
-        let console = dir.join("console.log");
-        let mut child = vmm::start(
-            &program,
-            &args,
-            &dir,
-            &console,
-            &dir.join("firecracker.pid"),
-        )?;
-        let result = self
-            .configure_and_wait(id, &plan, &sockets, &mut child, started, &console)
-            .await;
-        // Firecracker lives as long as the machine; dropping the handle leaves it running
-        // and tokio reaps it when it exits.
-        drop(child);
-        let (agent, health) = result?;
-        tracing::info!(machine = %id, %address, total = ?started.elapsed(), "machine booted");
-        Ok(MachineInfo {
-            id: id.clone(),
-            address,
-            agent,
-            boot_id: health.boot_id,
-        })
-    }
-
-    /// The boot plan with paths as Firecracker sees them; stages the files into the jail.
-    fn plan(
-        &self,
-        spec: &MachineSpec,
-        record: &MachineRecord,
-        boot: &GuestBoot,
-        jail: Option<&Jail>,
-        sockets: &Sockets,
-    ) -> Result<BootPlan, RuntimeError> {
-        let dir = self.machine_dir(&spec.id);
-        let address = record.address.expect("allocate always sets an address");
-        let mut plan = BootPlan {
-            kernel: boot.kernel.clone(),
-            initrd: boot.initrd.clone(),
-            boot_args: boot.boot_args.clone(),
-            rootfs: boot.rootfs.clone(),
-            workspace: boot.workspace.clone(),
-            tap: record.tap.clone(),
-            mac: guest_mac(address),
-            vcpus: spec.vcpus,
-            memory_mib: spec.memory_mib,
-            vsock_cid: GUEST_CID,
-            vsock_uds: sockets.vsock.clone(),
-            log: dir.join("firecracker.log"),
-            metrics: dir.join("metrics.json"),
-        };
-        match (jail, &self.inner.cfg.jailer) {
-            (Some(jail), Some(cfg)) => {
-                jail.create()?;
-                plan.kernel = jail.stage(cfg, &boot.kernel, "vmlinux", false)?;
-                if let Some(initrd) = &boot.initrd {
-                    plan.initrd = Some(jail.stage(cfg, initrd, "initrd", false)?);
-                }
-                plan.rootfs = jail.stage(cfg, &boot.rootfs, "rootfs.ext4", false)?;
-                plan.workspace = jail.stage(cfg, &boot.workspace, "workspace.ext4", true)?;
-                plan.log = jail.stage_empty(cfg, "firecracker.log")?;
-                plan.metrics = jail.stage_empty(cfg, "metrics.json")?;
-                plan.vsock_uds = PathBuf::from("/vsock.sock");
-            }
-            _ => {
-                // Firecracker opens its log and metrics files for appending; they must exist.
-                for path in [&plan.log, &plan.metrics] {
-                    fs::write(path, b"").ctx(|| format!("create {}", path.display()))?;
-                }
-            }
-        }
-        Ok(plan)
-    }
-
-    /// Sends the plan's API calls once the API socket is up, then waits for the agent.
-    async fn configure_and_wait(
-        &self,
-        id: &str,
-        plan: &BootPlan,
-        sockets: &Sockets,
-        child: &mut tokio::process::Child,
-        started: Instant,
-        console: &Path,
-    ) -> Result<(AgentClient, kiln_guest::HealthInfo), RuntimeError> {
-        let exited = |child: &mut tokio::process::Child| -> Result<(), RuntimeError> {
-            match child.try_wait() {
-                Ok(Some(status)) => Err(FirecrackerError::Exited {
-                    id: id.to_owned(),
-                    status: status.to_string(),
-                    console: console_tail(console),
-                }
-                .into()),
-                Ok(None) => Ok(()),
-                Err(e) => Err(RuntimeError::io(
-                    format!("check the firecracker of {id}"),
-                    e,
-                )),
-            }
-        };
-        let socket_deadline = Instant::now() + API_SOCKET_TIMEOUT;
-        while !sockets.api.exists() {
-            exited(child)?;
-            if Instant::now() >= socket_deadline {
-                return Err(FirecrackerError::NoApiSocket {
-                    id: id.to_owned(),
-                    socket: sockets.api.clone(),
-                    secs: API_SOCKET_TIMEOUT.as_secs(),
-                    console: console_tail(console),
-                }
-                .into());
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let api = ApiClient::new(&sockets.api);
-        for request in plan.requests() {
-            if let Err(e) = api.send(&request).await {
-                // A Firecracker that died explains itself better on its console.
-                exited(child)?;
-                return Err(e.into());
-            }
-        }
-        let configured = started.elapsed();
-
-        let deadline = started + self.inner.cfg.boot_deadline;
-        let agent = agent_client(&sockets.vsock);
-        let probe = agent.clone().with_timeouts(PROBE_TIMEOUT, PROBE_TIMEOUT);
-        let health = loop {
-            exited(child)?;
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(FirecrackerError::GuestNeverAnswered {
-                    id: id.to_owned(),
-                    secs: self.inner.cfg.boot_deadline.as_secs(),
-                    port: AGENT_VSOCK_PORT,
-                    console: console_tail(console),
-                }
-                .into());
-            }
-            match tokio::time::timeout(deadline - now, probe.health()).await {
-                Ok(Ok(health)) => break health,
-                Ok(Err(e)) => tracing::trace!(machine = %id, error = %e, "agent not ready"),
-                Err(_) => continue,
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        if health.machine_id.as_deref() != Some(id) {
-            return Err(RuntimeError::AgentMismatch {
-                socket: sockets.vsock.clone(),
-                found: health.machine_id.unwrap_or_default(),
-                expected: id.to_owned(),
-            });
-        }
-        tracing::debug!(machine = %id, ?configured, "firecracker configured");
-        Ok((agent, health))
-    }
 }
 
 #[async_trait]
@@ -1024,26 +727,4 @@ fn check_kvm(kvm: &Path) -> Result<(), RuntimeError> {
             }
             .into()
         })
-}
-
-/// Fails with [`FirecrackerError::BootFileMissing`] for the first boot file that is missing.
-fn check_boot_files(boot: &GuestBoot) -> Result<(), RuntimeError> {
-    let files = [
-        ("kernel", Some(&boot.kernel)),
-        ("initrd", boot.initrd.as_ref()),
-        ("root file system", Some(&boot.rootfs)),
-        ("workspace drive", Some(&boot.workspace)),
-    ];
-    for (what, path) in files {
-        if let Some(path) = path
-            && !path.is_file()
-        {
-            return Err(FirecrackerError::BootFileMissing {
-                what,
-                path: path.clone(),
-            }
-            .into());
-        }
-    }
-    Ok(())
 }

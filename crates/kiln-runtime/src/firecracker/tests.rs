@@ -13,7 +13,7 @@ use tokio::{
     net::UnixListener,
 };
 
-use super::*;
+use super::{boot::check_boot_files, *};
 
 /// One request as the fake Firecracker saw it.
 #[derive(Debug, Clone, PartialEq)]

@@ -8,6 +8,7 @@ packages=(
     mmdebstrap debian-archive-keyring     # building machine images
     ca-certificates curl python3          # tests and tools
     postgresql                            # the store's PostgreSQL test run
+    e2fsprogs                             # VM workspace volumes (mkfs.ext4)
 )
 
 if [[ $(id -u) -ne 0 ]]; then

@@ -18,8 +18,9 @@ pub const SERVE_FLAG: &str = "--serve";
 #[derive(Debug, Clone, PartialEq, Eq, Parser)]
 #[command(name = "kiln-guest", version)]
 pub struct Cli {
-    /// Where to listen: `fd:N` (an inherited listening socket), `unix:PATH` or `tcp:IP:PORT`.
-    #[arg(long, value_name = "fd:N|unix:PATH|tcp:IP:PORT")]
+    /// Where to listen: `fd:N` (an inherited listening socket), `unix:PATH`, `tcp:IP:PORT` or
+    /// `vsock:PORT`.
+    #[arg(long, value_name = "fd:N|unix:PATH|tcp:IP:PORT|vsock:PORT")]
     pub listen: ListenAddr,
 
     /// The workspace root; file paths are confined to it and commands run in it.

@@ -39,6 +39,14 @@ pub enum Endpoint {
     Unix(PathBuf),
     /// A TCP address (the `qemu` driver with user networking).
     Tcp(SocketAddr),
+    /// A guest vsock port behind Firecracker's host-side unix socket `uds` (the `firecracker`
+    /// driver); see [`crate::vsock`].
+    Vsock {
+        /// The vsock device's `uds_path` on the host; always absolute.
+        uds: PathBuf,
+        /// The guest port the agent listens on.
+        port: u32,
+    },
 }
 
 impl fmt::Display for Endpoint {
@@ -46,24 +54,38 @@ impl fmt::Display for Endpoint {
         match self {
             Endpoint::Unix(path) => write!(f, "unix:{}", path.display()),
             Endpoint::Tcp(addr) => write!(f, "tcp:{addr}"),
+            Endpoint::Vsock { uds, port } => write!(f, "vsock:{}:{port}", uds.display()),
         }
     }
 }
 
 /// Why a string is not an [`Endpoint`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`{0}` is not an agent endpoint; expected `unix:PATH` or `tcp:IP:PORT`")]
+#[error(
+    "`{0}` is not an agent endpoint; expected `unix:PATH`, `tcp:IP:PORT` or `vsock:/ABSOLUTE/UDS:PORT`"
+)]
 pub struct ParseEndpointError(String);
 
 impl FromStr for Endpoint {
     type Err = ParseEndpointError;
 
-    /// Parses `unix:PATH` or `tcp:IP:PORT`, the syntax of the agent's `--listen`.
+    /// Parses `unix:PATH` or `tcp:IP:PORT` (the syntax of the agent's `--listen`), or
+    /// `vsock:UDS:PORT` with an absolute `UDS` (a CID-style `vsock:3:52` is not an endpoint the
+    /// host can reach: Firecracker's vsock is a unix socket on the host).
     fn from_str(s: &str) -> Result<Endpoint, ParseEndpointError> {
         let bad = || ParseEndpointError(s.to_owned());
         match s.split_once(':') {
             Some(("unix", path)) if !path.is_empty() => Ok(Endpoint::Unix(PathBuf::from(path))),
             Some(("tcp", addr)) => addr.parse().map(Endpoint::Tcp).map_err(|_| bad()),
+            Some(("vsock", rest)) => {
+                let (uds, port) = rest.rsplit_once(':').ok_or_else(bad)?;
+                let port = port.parse().map_err(|_| bad())?;
+                let uds = PathBuf::from(uds);
+                if !uds.is_absolute() {
+                    return Err(bad());
+                }
+                Ok(Endpoint::Vsock { uds, port })
+            }
             _ => Err(bad()),
         }
     }
@@ -528,6 +550,7 @@ impl AgentClient {
                     stream.set_nodelay(true)?;
                     Box::new(stream)
                 }
+                Endpoint::Vsock { uds, port } => Box::new(crate::vsock::connect(uds, *port).await?),
             })
         };
         let stream = tokio::time::timeout(self.connect_timeout, connect)
@@ -650,7 +673,16 @@ mod tests {
             ),
             ("unix:", None),
             ("tcp:localhost:7000", None),
+            (
+                "vsock:/run/fc/v.sock:1024",
+                Some(Endpoint::Vsock {
+                    uds: "/run/fc/v.sock".into(),
+                    port: 1024,
+                }),
+            ),
             ("vsock:3:52", None),
+            ("vsock:/run/v.sock", None),
+            ("vsock:/run/v.sock:x", None),
             ("/run/agent.sock", None),
         ];
         for (text, want) in cases {

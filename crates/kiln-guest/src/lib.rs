@@ -3,7 +3,7 @@
 //! Kiln reaches a machine only through its network address and this agent, never through host
 //! paths or host pids, so every runtime driver (`process`, `qemu`, `firecracker`) is
 //! interchangeable: the drivers differ only in how the agent's byte stream is reached (an
-//! inherited unix socket, TCP, later vsock).
+//! inherited unix socket, TCP, Firecracker's vsock).
 //!
 //! # Parts
 //!
@@ -15,6 +15,7 @@
 //! - [`init`]: what the binary does as PID 1: re-executes itself as the serving child, reaps
 //!   every orphan, forwards termination signals and exits with the child.
 //! - [`cli`]: the `kiln-guest` command line.
+//! - [`vsock`]: the host side of Firecracker's vsock (`CONNECT <port>` over a unix socket).
 //!
 //! # The protocol in one paragraph
 //!
@@ -46,6 +47,7 @@ pub mod cli;
 pub mod client;
 pub mod init;
 pub mod protocol;
+pub mod vsock;
 
 pub use client::{
     AgentClient, AgentError, ByteStream, Endpoint, ExecEvent, ExecOutput, ExecStream,

@@ -156,6 +156,10 @@ pub enum RuntimeError {
         expected: String,
     },
 
+    /// The `firecracker` driver failed; the inner error says what to fix.
+    #[error(transparent)]
+    Firecracker(#[from] crate::firecracker::FirecrackerError),
+
     /// The machine's processes did not go away after SIGKILL.
     #[error("machine {id} still has processes {pids:?} after SIGKILL")]
     StopFailed {

@@ -1,4 +1,4 @@
-//! Machine drivers (process; later qemu, firecracker), node networking and images.
+//! Machine drivers (process, firecracker; later qemu), node networking and images.
 //!
 //! A *machine* is Kiln's unit of isolation: an image root, a workspace volume, limits, its own
 //! network address and the guest agent as PID 1. The rest of the platform reaches a machine only
@@ -7,6 +7,8 @@
 //!
 //! - [`process`]: Linux namespaces + cgroups v1 + a veth on the org's bridge (the embedded
 //!   default where no usable KVM exists).
+//! - [`firecracker`]: one Firecracker microVM per machine, configured through its API socket,
+//!   a tap on the org's bridge, the agent over vsock, the jailer when configured.
 //! - [`net`]: per-org bridges and /24 slices, veth pairs, the `inet kiln` nftables table.
 //! - [`image`]: image definitions and the store that builds them with mmdebstrap.
 //! - [`launch`]: the `kiln-launch` program that turns prepared namespaces into a machine.
@@ -16,6 +18,7 @@
 
 mod cgroup;
 mod error;
+pub mod firecracker;
 pub mod image;
 pub mod launch;
 mod lock;
@@ -30,6 +33,7 @@ use kiln_guest::client::AgentClient;
 
 pub use crate::{
     error::RuntimeError,
+    firecracker::{FirecrackerConfig, FirecrackerDriver},
     image::{ImageRef, ImageStore, default_image},
     net::Ipv4Cidr,
     process::{ProcessDriver, ProcessDriverConfig},

@@ -900,7 +900,7 @@ fn validate_config(cfg: &ProcessDriverConfig) -> Result<(), RuntimeError> {
 }
 
 /// Machine ids become directory, cgroup and namespace names, so only a safe alphabet passes.
-fn validate_id(id: &str) -> Result<(), RuntimeError> {
+pub(crate) fn validate_id(id: &str) -> Result<(), RuntimeError> {
     let bad = |reason| {
         Err(RuntimeError::InvalidMachineId {
             id: id.to_owned(),
@@ -922,7 +922,7 @@ fn validate_id(id: &str) -> Result<(), RuntimeError> {
     Ok(())
 }
 
-fn validate_spec(spec: &MachineSpec) -> Result<(), RuntimeError> {
+pub(crate) fn validate_spec(spec: &MachineSpec) -> Result<(), RuntimeError> {
     validate_id(&spec.id)?;
     let bad = |m: String| {
         Err(RuntimeError::InvalidConfig(format!(
@@ -976,13 +976,15 @@ async fn wait_empty(cgroups: &MachineCgroups, within: Duration) {
     }
 }
 
-fn console_tail(path: &Path) -> String {
+pub(crate) fn console_tail(path: &Path) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(CONSOLE_TAIL_LINES)..].join("\n")
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, RuntimeError> {
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(
+    path: &Path,
+) -> Result<Option<T>, RuntimeError> {
     match fs::read(path) {
         Ok(bytes) => {
             serde_json::from_slice(&bytes)
@@ -999,7 +1001,7 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, R
 
 /// Writes via a temporary file and rename, so a crash never leaves half a state file. The file
 /// is readable by root only: state files may carry a machine's environment.
-fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), RuntimeError> {
+pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), RuntimeError> {
     use std::io::Write;
     let tmp = path.with_extension("json.tmp");
     let bytes = serde_json::to_vec_pretty(value).expect("state types serialise");

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Benchmark: the edge beside nginx and caddy, all in front of the same tiny upstream (13-byte
 # body) on loopback, measured in one run with `wrk -t1 -c32 -d8s`. wrk shares the cores with
-# the proxies, so compare the ratios printed here, not absolute figures across runs.
+# the proxies, so compare the ratios printed here, not absolute figures across runs. Caddy runs
+# twice: as installed (all cores) and held to one (GOMAXPROCS=1), like nginx's one worker and the
+# 1-thread edge. Each row also gives the CPU time its proxy spent per request.
 # Then one more run of the 2-thread edge while a brand-new 1,001-route table is published
 # BENCH_CHURN times a second (`kiln-edge-bench --churn`): its figures, failed requests and the
 # achieved publish rate are printed beside the plain run's, and the script exits non-zero if any
@@ -19,6 +21,7 @@ rounds="${BENCH_ROUNDS:-3}"
 connections="${BENCH_CONNECTIONS:-32}"
 nginx_port="${BENCH_NGINX_PORT:-18481}"
 caddy_port="${BENCH_CADDY_PORT:-18482}"
+caddy1_port=$((caddy_port + 1))
 churn_rate="${BENCH_CHURN:-1000}"
 host="bench.test"
 
@@ -62,7 +65,7 @@ cleanup() {
 trap cleanup EXIT
 
 port_free() { ! ss -Htln "sport = :$1" | grep -q .; }
-for port in "$nginx_port" "$caddy_port"; do
+for port in "$nginx_port" "$caddy_port" "$caddy1_port"; do
     port_free "$port" || { echo "port $port is in use; set BENCH_NGINX_PORT/BENCH_CADDY_PORT" >&2; exit 1; }
 done
 
@@ -79,12 +82,19 @@ addr_of() { # file key
     exit 1
 }
 
-"$bench_bin" >"$tmp/edge2.out" 2>"$tmp/edge2.err" &
+# The upstream gets a process of its own (its edge is unused), so every proxy's CPU time below
+# is its own.
+"$bench_bin" --edge-threads 1 >"$tmp/upstream.out" 2>"$tmp/upstream.err" &
 pids+=($!)
-upstream="$(addr_of "$tmp/edge2.out" upstream)"
+upstream_pid=$!
+upstream="$(addr_of "$tmp/upstream.out" upstream)"
+"$bench_bin" --edge-threads 2 --upstream "$upstream" >"$tmp/edge2.out" 2>"$tmp/edge2.err" &
+pids+=($!)
+edge2_pid=$!
 edge2="$(addr_of "$tmp/edge2.out" edge)"
 "$bench_bin" --edge-threads 1 --upstream "$upstream" >"$tmp/edge1.out" 2>"$tmp/edge1.err" &
 pids+=($!)
+edge1_pid=$!
 edge1="$(addr_of "$tmp/edge1.out" edge)"
 
 # --- nginx: one worker, keep-alive to the upstream ----------------------------------------------
@@ -132,6 +142,14 @@ EOF
 XDG_DATA_HOME="$tmp/caddy" XDG_CONFIG_HOME="$tmp/caddy" HOME="$tmp/caddy" \
     caddy run --config "$tmp/caddy/Caddyfile" --adapter caddyfile >"$tmp/caddy/log" 2>&1 &
 pids+=($!)
+caddy_pid=$!
+# The same caddy held to one core, like nginx's single worker and the 1-thread edge.
+mkdir -p "$tmp/caddy1"
+sed "s/127.0.0.1:$caddy_port/127.0.0.1:$caddy1_port/" "$tmp/caddy/Caddyfile" >"$tmp/caddy1/Caddyfile"
+GOMAXPROCS=1 XDG_DATA_HOME="$tmp/caddy1" XDG_CONFIG_HOME="$tmp/caddy1" HOME="$tmp/caddy1" \
+    caddy run --config "$tmp/caddy1/Caddyfile" --adapter caddyfile >"$tmp/caddy1/log" 2>&1 &
+pids+=($!)
+caddy1_pid=$!
 
 wait_http() { # url
     for _ in $(seq 100); do
@@ -143,9 +161,11 @@ wait_http() { # url
     exit 1
 }
 for url in "http://$upstream/" "http://$edge2/" "http://$edge1/" \
-    "http://127.0.0.1:$nginx_port/" "http://127.0.0.1:$caddy_port/"; do
+    "http://127.0.0.1:$nginx_port/" "http://127.0.0.1:$caddy_port/" \
+    "http://127.0.0.1:$caddy1_port/"; do
     wait_http "$url"
 done
+nginx_workers="$(pgrep -P "$(cat "$tmp/nginx/nginx.pid")" | tr '\n' ' ')"
 
 # --- measure ------------------------------------------------------------------------------------
 to_ms() { # wrk latency like 156.00us / 1.17ms / 1.02s
@@ -156,7 +176,7 @@ to_ms() { # wrk latency like 156.00us / 1.17ms / 1.02s
 }
 # Each target is measured in several interleaved rounds and the median kept, because the
 # machine's neighbours make single runs swing widely.
-declare -A rps p50 p99 fails warmup_fails
+declare -A rps p50 p99 cpu fails warmup_fails
 median() { tr ' ' '\n' | grep . | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 # Failed requests in a wrk report: "Non-2xx or 3xx responses: N" plus "Socket errors: connect A,
 # read B, write C, timeout D" (wrk prints either line only when it is not zero). Prints
@@ -166,15 +186,32 @@ failures() { # wrk output
         /Socket errors:/ { gsub(",", ""); c += $4; r += $6; w += $8; t += $10 }
         END { printf "%d %d %d %d %d %d\n", bad + c + r + w + t, bad, c, r, w, t }' <<<"$1"
 }
-run() { # name url
-    local out warmup_failed
+# CPU time (user + system, all threads) the given processes used so far, in clock ticks.
+hz="$(getconf CLK_TCK)"
+cpu_ticks() { # pid…
+    local total=0 pid f fields
+    for pid in "$@"; do
+        for f in /proc/"$pid"/task/*/stat; do
+            read -ra fields <<<"$(sed 's/.*) //' "$f" 2>/dev/null)" || continue
+            total=$((total + ${fields[11]:-0} + ${fields[12]:-0}))
+        done
+    done
+    echo "$total"
+}
+run() { # name url pid…
+    local out warmup_failed before after requests
     out="$(wrk -t1 -c"$connections" -d1s -H "Host: $host" "$2")" # warm-up
     warmup_failed="$(failures "$out" | cut -d' ' -f1)"
     warmup_fails[$1]=$((${warmup_fails[$1]:-0} + warmup_failed))
     if ((warmup_failed)); then
         echo "warning: $1 had $warmup_failed failed requests in the warm-up" >&2
     fi
+    before="$(cpu_ticks "${@:3}")"
     out="$(wrk -t1 -c"$connections" -d"$duration" --latency -H "Host: $host" "$2")"
+    after="$(cpu_ticks "${@:3}")"
+    requests="$(awk '/ requests in / { print $1 }' <<<"$out")"
+    cpu[$1]+=" $(awk -v t=$((after - before)) -v r="$requests" -v hz="$hz" \
+        'BEGIN { if (r > 0) printf "%.1f", t * 1e6 / hz / r; else print 0 }')"
     if grep -q 'Non-2xx' <<<"$out"; then
         echo "warning: $1 answered non-2xx: $(grep 'Non-2xx' <<<"$out")" >&2
     fi
@@ -183,13 +220,16 @@ run() { # name url
     p99[$1]+=" $(to_ms "$(awk '$1 == "99%" { print $2 }' <<<"$out")")"
     fails[$1]+="$(failures "$out");"
 }
-names=("upstream direct" "kiln edge, 2 thr" "kiln edge, 1 thr" "nginx, 1 worker" "caddy")
+names=("upstream direct" "kiln edge, 2 thr" "kiln edge, 1 thr" "nginx, 1 worker" "caddy"
+    "caddy, 1 proc")
 urls=("http://$upstream/" "http://$edge2/" "http://$edge1/" "http://127.0.0.1:$nginx_port/"
-    "http://127.0.0.1:$caddy_port/")
+    "http://127.0.0.1:$caddy_port/" "http://127.0.0.1:$caddy1_port/")
+procs=("$upstream_pid" "$edge2_pid" "$edge1_pid" "$nginx_workers" "$caddy_pid" "$caddy1_pid")
 for round in $(seq "$rounds"); do
     echo "round $round of $rounds" >&2
     for i in "${!names[@]}"; do
-        run "${names[$i]}" "${urls[$i]}"
+        # shellcheck disable=SC2086 # nginx may have several worker pids
+        run "${names[$i]}" "${urls[$i]}" ${procs[$i]}
     done
 done
 for name in "${names[@]}"; do
@@ -197,6 +237,7 @@ for name in "${names[@]}"; do
     rps[$name]="$(median <<<"${rps[$name]}")"
     p50[$name]="$(median <<<"${p50[$name]}")"
     p99[$name]="$(median <<<"${p99[$name]}")"
+    cpu[$name]="$(median <<<"${cpu[$name]}")"
 done
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
@@ -204,25 +245,33 @@ echo
 echo "wrk -t1 -c$connections -d$duration, 13-byte body, loopback, $(nproc) cores shared with wrk;"
 echo "median of $rounds interleaved rounds"
 echo
-printf '| %-16s | %8s | %8s | %8s | %9s | %9s |\n' target req/s "p50 ms" "p99 ms" "/ nginx" "/ caddy"
-printf '|%s|%s|%s|%s|%s|%s|\n' ------------------ ---------- ---------- ---------- ----------- -----------
+printf '| %-16s | %8s | %8s | %8s | %11s | %9s | %9s | %11s |\n' target req/s "p50 ms" "p99 ms" \
+    "CPU us/req" "/ nginx" "/ caddy" "/ caddy 1p"
+printf '|%s|%s|%s|%s|%s|%s|%s|%s|\n' ------------------ ---------- ---------- ---------- \
+    ------------- ----------- ----------- -------------
 for name in "${names[@]}"; do
-    printf '| %-16s | %8s | %8s | %8s | %9s | %9s |\n' "$name" "${rps[$name]}" "${p50[$name]}" \
-        "${p99[$name]}" "$(ratio "${rps[$name]}" "${rps[nginx, 1 worker]}")" \
-        "$(ratio "${rps[$name]}" "${rps[caddy]}")"
+    printf '| %-16s | %8s | %8s | %8s | %11s | %9s | %9s | %11s |\n' "$name" "${rps[$name]}" \
+        "${p50[$name]}" "${p99[$name]}" "${cpu[$name]}" \
+        "$(ratio "${rps[$name]}" "${rps[nginx, 1 worker]}")" \
+        "$(ratio "${rps[$name]}" "${rps[caddy]}")" "$(ratio "${rps[$name]}" "${rps[caddy, 1 proc]}")"
 done
+echo
+echo "CPU us/req: user + system time of the proxy's own processes (all threads) per request served"
+echo "in the measured run (the upstream row: the upstream's); it does not depend on how the cores"
+echo "were shared, so it is the steadiest column on a busy machine."
 
 # --- under route churn ------------------------------------------------------------------------
 # The 2-thread edge again, in front of the same upstream, while it publishes a brand-new table
 # (the bench route plus 1,000 others on changing backends) $churn_rate times a second.
 "$bench_bin" --churn "$churn_rate" --upstream "$upstream" >"$tmp/churn.out" 2>"$tmp/churn.err" &
 pids+=($!)
+churn_pid=$!
 edge_churn="$(addr_of "$tmp/churn.out" edge)"
 wait_http "http://$edge_churn/"
 churn_name="kiln 2 thr, churn"
 echo "churn run: $churn_rate tables/s" >&2
 churn_lines_before="$(wc -l <"$tmp/churn.err")"
-run "$churn_name" "http://$edge_churn/"
+run "$churn_name" "http://$edge_churn/" "$churn_pid"
 # The edge reports "churn: published X tables/s" once a second; average the reports made
 # while wrk ran (warm-up included: the edge was under the same load then).
 churn_reports="$(tail -n +"$((churn_lines_before + 1))" "$tmp/churn.err" |

@@ -9,14 +9,13 @@ use base64::Engine;
 use s3s::dto::{
     AbortMultipartUploadInput, AbortMultipartUploadOutput, Bucket, CommonPrefix,
     CompleteMultipartUploadInput, CompleteMultipartUploadOutput, CreateBucketInput,
-    CreateBucketOutput, CreateMultipartUploadInput, CreateMultipartUploadOutput,
-    DeleteBucketInput, DeleteBucketOutput, DeleteObjectInput, DeleteObjectOutput,
-    DeleteObjectsInput, DeleteObjectsOutput, DeletedObject, ETag, EncodingType,
-    GetBucketLocationInput, GetBucketLocationOutput, GetObjectInput, GetObjectOutput,
-    HeadBucketInput, HeadBucketOutput, HeadObjectInput, HeadObjectOutput, ListBucketsInput,
-    ListBucketsOutput, ListObjectsV2Input, ListObjectsV2Output, ListPartsInput, ListPartsOutput,
-    Metadata, Object, Part, PutObjectInput, PutObjectOutput, StreamingBlob, Timestamp,
-    UploadPartInput, UploadPartOutput,
+    CreateBucketOutput, CreateMultipartUploadInput, CreateMultipartUploadOutput, DeleteBucketInput,
+    DeleteBucketOutput, DeleteObjectInput, DeleteObjectOutput, DeleteObjectsInput,
+    DeleteObjectsOutput, DeletedObject, ETag, EncodingType, GetBucketLocationInput,
+    GetBucketLocationOutput, GetObjectInput, GetObjectOutput, HeadBucketInput, HeadBucketOutput,
+    HeadObjectInput, HeadObjectOutput, ListBucketsInput, ListBucketsOutput, ListObjectsV2Input,
+    ListObjectsV2Output, ListPartsInput, ListPartsOutput, Metadata, Object, Part, PutObjectInput,
+    PutObjectOutput, StreamingBlob, Timestamp, UploadPartInput, UploadPartOutput,
 };
 use s3s::{S3, S3Error, S3Request, S3Response, S3Result, s3_error};
 
@@ -196,8 +195,14 @@ impl S3 for KilnS3 {
         req: S3Request<PutObjectInput>,
     ) -> S3Result<S3Response<PutObjectOutput>> {
         let input = req.input;
-        let options = put_options(input.content_type, input.metadata, input.content_md5.as_deref())?;
-        let body = input.body.unwrap_or_else(|| StreamingBlob::wrap(futures::stream::empty::<Result<bytes::Bytes, std::io::Error>>()));
+        let options = put_options(
+            input.content_type,
+            input.metadata,
+            input.content_md5.as_deref(),
+        )?;
+        let body = input.body.unwrap_or_else(|| {
+            StreamingBlob::wrap(futures::stream::empty::<Result<bytes::Bytes, std::io::Error>>())
+        });
         let meta = self
             .store
             .put_object(&input.bucket, &input.key, body, options)
@@ -222,11 +227,20 @@ impl S3 for KilnS3 {
         let meta = object.meta.clone();
         let range = match &input.range {
             None => None,
-            Some(range) => Some(range.check(meta.size).map_err(|_| s3_error!(InvalidRange))?),
+            Some(range) => Some(
+                range
+                    .check(meta.size)
+                    .map_err(|_| s3_error!(InvalidRange))?,
+            ),
         };
-        let content_range = range
-            .as_ref()
-            .map(|r| format!("bytes {}-{}/{}", r.start, r.end.saturating_sub(1), meta.size));
+        let content_range = range.as_ref().map(|r| {
+            format!(
+                "bytes {}-{}/{}",
+                r.start,
+                r.end.saturating_sub(1),
+                meta.size
+            )
+        });
         let length = range.as_ref().map_or(meta.size, |r| r.end - r.start);
         let stream = object.into_stream(range).map_err(s3_err)?;
         Ok(S3Response::new(GetObjectOutput {
@@ -387,13 +401,25 @@ impl S3 for KilnS3 {
     ) -> S3Result<S3Response<UploadPartOutput>> {
         let input = req.input;
         if !(1..=MAX_PART_NUMBER).contains(&input.part_number) {
-            return Err(s3_error!(InvalidArgument, "Part number must be between 1 and 10000"));
+            return Err(s3_error!(
+                InvalidArgument,
+                "Part number must be between 1 and 10000"
+            ));
         }
         let md5 = put_options(None, None, input.content_md5.as_deref())?.content_md5;
-        let body = input.body.unwrap_or_else(|| StreamingBlob::wrap(futures::stream::empty::<Result<bytes::Bytes, std::io::Error>>()));
+        let body = input.body.unwrap_or_else(|| {
+            StreamingBlob::wrap(futures::stream::empty::<Result<bytes::Bytes, std::io::Error>>())
+        });
         let part = self
             .store
-            .upload_part(&input.bucket, &input.key, &input.upload_id, input.part_number, body, md5)
+            .upload_part(
+                &input.bucket,
+                &input.key,
+                &input.upload_id,
+                input.part_number,
+                body,
+                md5,
+            )
             .await
             .map_err(s3_err)?;
         Ok(S3Response::new(UploadPartOutput {
@@ -452,7 +478,10 @@ impl S3 for KilnS3 {
         let mut wanted = Vec::with_capacity(parts.len());
         for part in parts {
             let (Some(number), Some(tag)) = (part.part_number, part.e_tag) else {
-                return Err(s3_error!(MalformedXML, "Every part needs a PartNumber and an ETag"));
+                return Err(s3_error!(
+                    MalformedXML,
+                    "Every part needs a PartNumber and an ETag"
+                ));
             };
             wanted.push((number, tag.value().to_owned()));
         }

@@ -110,7 +110,10 @@ impl S3Access for BucketAccess {
             {
                 Ok(())
             }
-            _ => Err(s3_error!(AccessDenied, "This key belongs to another bucket")),
+            _ => Err(s3_error!(
+                AccessDenied,
+                "This key belongs to another bucket"
+            )),
         }
     }
 }

@@ -28,7 +28,9 @@ pub fn validate_bucket_name(name: &str) -> Result<(), ObjectStoreError> {
         return Err(invalid("it must start and end with a letter or a digit"));
     }
     if name.starts_with("xn--") || name.ends_with("-s3alias") {
-        return Err(invalid("the prefix `xn--` and suffix `-s3alias` are reserved"));
+        return Err(invalid(
+            "the prefix `xn--` and suffix `-s3alias` are reserved",
+        ));
     }
     Ok(())
 }

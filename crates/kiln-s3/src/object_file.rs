@@ -163,7 +163,10 @@ pub(crate) async fn sync_dir(dir: &Path) -> Result<(), ObjectStoreError> {
 }
 
 /// Reads the trailer of an object file (blocking; call from a blocking context).
-pub(crate) fn read_meta(file: &mut std::fs::File, path: &Path) -> Result<ObjectMeta, ObjectStoreError> {
+pub(crate) fn read_meta(
+    file: &mut std::fs::File,
+    path: &Path,
+) -> Result<ObjectMeta, ObjectStoreError> {
     let corrupt = |reason: &str| ObjectStoreError::Corrupt {
         path: path.to_path_buf(),
         reason: reason.to_owned(),
@@ -186,7 +189,8 @@ pub(crate) fn read_meta(file: &mut std::fs::File, path: &Path) -> Result<ObjectM
     let mut trailer = vec![0u8; len as usize];
     file.seek(SeekFrom::Start(total - FOOTER_LEN - u64::from(len)))
         .map_err(io_err("seek", path))?;
-    file.read_exact(&mut trailer).map_err(io_err("read", path))?;
+    file.read_exact(&mut trailer)
+        .map_err(io_err("read", path))?;
     let meta: ObjectMeta =
         serde_json::from_slice(&trailer).map_err(|e| corrupt(&format!("trailer: {e}")))?;
     if meta.size + u64::from(len) + FOOTER_LEN != total {
@@ -248,7 +252,11 @@ mod tests {
             .expect("list")
             .map(|e| e.expect("entry").file_name())
             .collect();
-        assert_eq!(names, vec![std::ffi::OsString::from("obj")], "no temp file left");
+        assert_eq!(
+            names,
+            vec![std::ffi::OsString::from("obj")],
+            "no temp file left"
+        );
     }
 
     #[tokio::test]
@@ -260,7 +268,15 @@ mod tests {
         pending.publish(&meta(10), &target).await.expect("publish");
         let bytes = std::fs::read(&target).expect("read");
         std::fs::write(&target, &bytes[3..]).expect("truncate");
-        assert!(matches!(open(&target).await, Err(ObjectStoreError::Corrupt { .. })));
-        assert!(open(&dir.path().join("missing")).await.expect("open").is_none());
+        assert!(matches!(
+            open(&target).await,
+            Err(ObjectStoreError::Corrupt { .. })
+        ));
+        assert!(
+            open(&dir.path().join("missing"))
+                .await
+                .expect("open")
+                .is_none()
+        );
     }
 }

@@ -152,8 +152,15 @@ mod tests {
             SystemTime::now(),
         )
         .expect("presign");
-        assert!(url.starts_with("http://127.0.0.1:7090/photos/a%20dir/%C3%BC.txt?"), "{url}");
-        for part in ["X-Amz-Algorithm=AWS4-HMAC-SHA256", "X-Amz-Expires=60", "X-Amz-Signature="] {
+        assert!(
+            url.starts_with("http://127.0.0.1:7090/photos/a%20dir/%C3%BC.txt?"),
+            "{url}"
+        );
+        for part in [
+            "X-Amz-Algorithm=AWS4-HMAC-SHA256",
+            "X-Amz-Expires=60",
+            "X-Amz-Signature=",
+        ] {
             assert!(url.contains(part), "{url} lacks {part}");
         }
     }

@@ -36,7 +36,11 @@ impl S3Endpoint {
     }
 
     /// Accepts connections until `shutdown`; connections in flight finish their request.
-    pub async fn serve(&self, listener: TcpListener, shutdown: CancellationToken) -> Result<(), Infallible> {
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> Result<(), Infallible> {
         loop {
             let (stream, _) = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),

@@ -104,11 +104,12 @@ impl OpenObject {
                 path: PathBuf::from(&self.meta.key),
                 source,
             })?;
-        let reader = tokio::io::AsyncReadExt::take(
-            tokio::fs::File::from_std(file),
-            range.end - range.start,
-        );
-        Ok(tokio_util::io::ReaderStream::with_capacity(reader, 256 * 1024))
+        let reader =
+            tokio::io::AsyncReadExt::take(tokio::fs::File::from_std(file), range.end - range.start);
+        Ok(tokio_util::io::ReaderStream::with_capacity(
+            reader,
+            256 * 1024,
+        ))
     }
 }
 
@@ -146,7 +147,11 @@ impl ObjectStore {
             let mut entries = tokio::fs::read_dir(&uploads)
                 .await
                 .map_err(io_err("list", &uploads))?;
-            while let Some(entry) = entries.next_entry().await.map_err(io_err("list", &uploads))? {
+            while let Some(entry) = entries
+                .next_entry()
+                .await
+                .map_err(io_err("list", &uploads))?
+            {
                 remove_temp_files(&entry.path()).await?;
             }
         }
@@ -265,12 +270,18 @@ impl ObjectStore {
             last_modified_ms: now_ms(),
             parts: None,
         };
-        pending.publish(&meta, &dir.join(key_to_file_name(key))).await?;
+        pending
+            .publish(&meta, &dir.join(key_to_file_name(key)))
+            .await?;
         Ok(meta)
     }
 
     /// Opens an object for reading.
-    pub async fn get_object(&self, bucket: &str, key: &str) -> Result<OpenObject, ObjectStoreError> {
+    pub async fn get_object(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Result<OpenObject, ObjectStoreError> {
         let dir = self.objects_dir(bucket).await?;
         match object_file::open(&dir.join(key_to_file_name(key))).await? {
             Some((file, meta)) if meta.key == key => Ok(OpenObject { meta, file }),
@@ -279,7 +290,11 @@ impl ObjectStore {
     }
 
     /// An object's metadata.
-    pub async fn head_object(&self, bucket: &str, key: &str) -> Result<ObjectMeta, ObjectStoreError> {
+    pub async fn head_object(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Result<ObjectMeta, ObjectStoreError> {
         Ok(self.get_object(bucket, key).await?.meta)
     }
 
@@ -314,7 +329,9 @@ impl ObjectStore {
             }
             if let Some(after) = query.after
                 && (key.as_str() <= after
-                    || query.delimiter.is_some_and(|d| after.ends_with(d) && key.starts_with(after)))
+                    || query
+                        .delimiter
+                        .is_some_and(|d| after.ends_with(d) && key.starts_with(after)))
             {
                 continue;
             }
@@ -476,7 +493,9 @@ impl ObjectStore {
         self.upload_info(bucket, key, upload_id).await?;
         let dir = self.upload_dir(bucket, upload_id)?;
         let mut parts = Vec::new();
-        let mut entries = tokio::fs::read_dir(&dir).await.map_err(io_err("list", &dir))?;
+        let mut entries = tokio::fs::read_dir(&dir)
+            .await
+            .map_err(io_err("list", &dir))?;
         while let Some(entry) = entries.next_entry().await.map_err(io_err("list", &dir))? {
             let name = entry.file_name();
             let Some(number) = name
@@ -554,7 +573,9 @@ impl ObjectStore {
             last_modified_ms: now_ms(),
             parts: u32::try_from(chosen.len()).ok(),
         };
-        pending.publish(&meta, &dir.join(key_to_file_name(key))).await?;
+        pending
+            .publish(&meta, &dir.join(key_to_file_name(key)))
+            .await?;
         let _ = tokio::fs::remove_dir_all(&upload_dir).await;
         Ok(meta)
     }
@@ -614,7 +635,9 @@ async fn copy_part_body(
 /// All keys in an objects directory, sorted.
 async fn all_keys(dir: &Path) -> Result<Vec<String>, ObjectStoreError> {
     let mut keys = Vec::new();
-    let mut entries = tokio::fs::read_dir(dir).await.map_err(io_err("list", dir))?;
+    let mut entries = tokio::fs::read_dir(dir)
+        .await
+        .map_err(io_err("list", dir))?;
     while let Some(entry) = entries.next_entry().await.map_err(io_err("list", dir))? {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
@@ -638,7 +661,11 @@ async fn remove_temp_files(dir: &Path) -> Result<(), ObjectStoreError> {
         Err(e) => return Err(io_err("list", dir)(e)),
     };
     while let Some(entry) = entries.next_entry().await.map_err(io_err("list", dir))? {
-        if entry.file_name().to_str().is_some_and(|n| n.starts_with(".tmp-")) {
+        if entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(".tmp-"))
+        {
             let path = entry.path();
             tokio::fs::remove_file(&path)
                 .await

@@ -2,6 +2,7 @@
 //! extract, call one [`Service`] method and serialize; nothing else.
 
 mod apps;
+mod buckets;
 mod edge;
 mod env;
 mod extract;
@@ -45,6 +46,15 @@ pub fn router(service: Service) -> Router {
             "/v1/apps/{app}/env/{name}",
             axum::routing::put(env::set).delete(env::unset),
         )
+        .route(
+            "/v1/apps/{app}/buckets",
+            post(buckets::create).get(buckets::list),
+        )
+        .route(
+            "/v1/buckets/{bucket}",
+            get(buckets::get).delete(buckets::delete),
+        )
+        .route("/v1/buckets/{bucket}/presign", post(buckets::presign))
         .route("/v1/releases/{rel}", get(releases::get))
         .route("/v1/releases/{rel}/verify", get(releases::verify))
         .route("/v1/artifacts/uploads", post(releases::create_upload))

@@ -24,7 +24,10 @@ fn presign_config(method: &str, key: &str, expires_s: u64) -> PresignConfig {
 
 /// Temporary files of a bucket's objects directory (what a crash mid-write leaves).
 fn temp_files(data_dir: &Path, bucket: &str) -> Vec<PathBuf> {
-    let dir = data_dir.join("objects/buckets").join(bucket).join("objects");
+    let dir = data_dir
+        .join("objects/buckets")
+        .join(bucket)
+        .join("objects");
     std::fs::read_dir(&dir)
         .map(|entries| {
             entries
@@ -65,24 +68,53 @@ async fn buckets_end_to_end() {
     let created = cli_json(&kiln.cli(&["--json", "bucket", "create", "shop", "photos"]));
     assert_eq!(created["name"], "photos");
     assert_eq!(created["region"], "us-east-1");
-    let secret = created["secret_access_key"].as_str().expect("secret shown on create");
+    let secret = created["secret_access_key"]
+        .as_str()
+        .expect("secret shown on create");
     assert_eq!(secret.len(), 40);
     let endpoint = created["endpoint"].as_str().expect("endpoint").to_owned();
     assert!(endpoint.starts_with("http://127.0.0.1:"), "{endpoint}");
     let shown = api.bucket("photos").await.expect("get bucket");
-    assert!(shown.secret_access_key.is_none(), "the secret is shown once");
-    assert!(!kiln.log_tail().contains(secret), "secrets stay out of the log");
+    assert!(
+        shown.secret_access_key.is_none(),
+        "the secret is shown once"
+    );
+    assert!(
+        !kiln.log_tail().contains(secret),
+        "secrets stay out of the log"
+    );
 
-    let dup = problem(api.create_bucket("shop", &BucketConfig { name: "photos".into() }).await);
+    let dup = problem(
+        api.create_bucket(
+            "shop",
+            &BucketConfig {
+                name: "photos".into(),
+            },
+        )
+        .await,
+    );
     assert_eq!(dup.status, 409);
     assert_eq!(dup.field.as_deref(), Some("name"));
-    let bad = problem(api.create_bucket("shop", &BucketConfig { name: "Bad_Name".into() }).await);
+    let bad = problem(
+        api.create_bucket(
+            "shop",
+            &BucketConfig {
+                name: "Bad_Name".into(),
+            },
+        )
+        .await,
+    );
     assert_eq!(bad.status, 422);
     assert_eq!(bad.field.as_deref(), Some("name"));
     assert!(bad.detail.contains("lowercase"), "{}", bad.detail);
-    api.create_bucket("shop", &BucketConfig { name: "shop-backups".into() })
-        .await
-        .expect("second bucket");
+    api.create_bucket(
+        "shop",
+        &BucketConfig {
+            name: "shop-backups".into(),
+        },
+    )
+    .await
+    .expect("second bucket");
     let listed = cli_json(&kiln.cli(&["--json", "bucket", "list", "shop"]));
     let names: Vec<_> = listed["items"]
         .as_array()
@@ -105,7 +137,10 @@ async fn buckets_end_to_end() {
         })
         .await
         .expect("org");
-    let token = api.create_token(&clinic.id, "builder").await.expect("token");
+    let token = api
+        .create_token(&clinic.id, "builder")
+        .await
+        .expect("token");
     let clinic_api = kiln.client_with(&token.token);
     clinic_api
         .create_app(&AppConfig {
@@ -115,19 +150,58 @@ async fn buckets_end_to_end() {
         .await
         .expect("clinic app");
     assert_eq!(problem(clinic_api.bucket("photos").await).status, 404);
-    assert_eq!(problem(clinic_api.presign("photos", &presign_config("GET", "k", 60)).await).status, 404);
     assert_eq!(
-        problem(clinic_api.create_bucket("portal", &BucketConfig { name: "photos".into() }).await).status,
+        problem(
+            clinic_api
+                .presign("photos", &presign_config("GET", "k", 60))
+                .await
+        )
+        .status,
+        404
+    );
+    assert_eq!(
+        problem(
+            clinic_api
+                .create_bucket(
+                    "portal",
+                    &BucketConfig {
+                        name: "photos".into()
+                    }
+                )
+                .await
+        )
+        .status,
         409
     );
 
     // --- presigned URLs through the CLI and API ------------------------------------------
-    let put = kiln.cli(&["bucket", "presign", "photos", "docs/a.txt", "--method", "PUT", "--expires", "300"]);
-    assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
+    let put = kiln.cli(&[
+        "bucket",
+        "presign",
+        "photos",
+        "docs/a.txt",
+        "--method",
+        "PUT",
+        "--expires",
+        "300",
+    ]);
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
     let put_url = String::from_utf8_lossy(&put.stdout).trim().to_owned();
-    let answer = http.put(&put_url).body("from a presigned PUT").send().await.expect("put");
+    let answer = http
+        .put(&put_url)
+        .body("from a presigned PUT")
+        .send()
+        .await
+        .expect("put");
     assert_eq!(answer.status(), 200);
-    let get = api.presign("photos", &presign_config("GET", "docs/a.txt", 300)).await.expect("presign");
+    let get = api
+        .presign("photos", &presign_config("GET", "docs/a.txt", 300))
+        .await
+        .expect("presign");
     assert_eq!(get.method, "GET");
     let answer = http.get(&get.url).send().await.expect("get");
     assert_eq!(answer.text().await.expect("body"), "from a presigned PUT");
@@ -137,9 +211,22 @@ async fn buckets_end_to_end() {
         .await
         .expect("tampered");
     assert_eq!(tampered.status(), 403);
-    assert!(tampered.text().await.expect("xml").contains("<Code>SignatureDoesNotMatch</Code>"));
-    for (method, expires_s, field) in [("GET", 0, "expires_s"), ("GET", 604_801, "expires_s"), ("DELETE", 60, "method")] {
-        let p = problem(api.presign("photos", &presign_config(method, "k", expires_s)).await);
+    assert!(
+        tampered
+            .text()
+            .await
+            .expect("xml")
+            .contains("<Code>SignatureDoesNotMatch</Code>")
+    );
+    for (method, expires_s, field) in [
+        ("GET", 0, "expires_s"),
+        ("GET", 604_801, "expires_s"),
+        ("DELETE", 60, "method"),
+    ] {
+        let p = problem(
+            api.presign("photos", &presign_config(method, "k", expires_s))
+                .await,
+        );
         assert_eq!(p.status, 422, "{method} {expires_s}");
         assert_eq!(p.field.as_deref(), Some(field), "{method} {expires_s}");
     }
@@ -157,7 +244,10 @@ async fn buckets_end_to_end() {
                 .env("S3_ENDPOINT", &endpoint)
                 .env("S3_BUCKET", "photos")
                 .env("OTHER_BUCKET", "shop-backups")
-                .env("AWS_ACCESS_KEY_ID", created["access_key_id"].as_str().unwrap_or_default())
+                .env(
+                    "AWS_ACCESS_KEY_ID",
+                    created["access_key_id"].as_str().unwrap_or_default(),
+                )
                 .env("AWS_SECRET_ACCESS_KEY", secret)
                 .output()
                 .await
@@ -168,7 +258,14 @@ async fn buckets_end_to_end() {
                 "boto3 checks failed:\n{stdout}\n{}",
                 String::from_utf8_lossy(&out.stderr)
             );
-            for line in ["put/get ok", "list ok", "multipart and ranged ok", "presigned ok", "cross-bucket refused ok", "virtual host ok"] {
+            for line in [
+                "put/get ok",
+                "list ok",
+                "multipart and ranged ok",
+                "presigned ok",
+                "cross-bucket refused ok",
+                "virtual host ok",
+            ] {
                 assert!(stdout.contains(line), "{line} missing from:\n{stdout}");
             }
         }
@@ -185,7 +282,12 @@ async fn buckets_end_to_end() {
                 .url
         }
     };
-    let answer = http.put(url("PUT").await).body("version one").send().await.expect("v1");
+    let answer = http
+        .put(url("PUT").await)
+        .body("version one")
+        .send()
+        .await
+        .expect("v1");
     assert_eq!(answer.status(), 200);
     let put_url = url("PUT").await;
     let get_url = url("GET").await;
@@ -219,19 +321,50 @@ async fn buckets_end_to_end() {
     started_rx.await.expect("the upload got going");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let partial = temp_files(kiln.data_dir(), "photos");
-    assert_eq!(partial.len(), 1, "the PUT is being written to one temporary file");
+    assert_eq!(
+        partial.len(),
+        1,
+        "the PUT is being written to one temporary file"
+    );
     kiln.kill9();
-    assert!(upload.await.expect("upload task").is_err(), "the PUT never completed");
+    assert!(
+        upload.await.expect("upload task").is_err(),
+        "the PUT never completed"
+    );
     let written = std::fs::metadata(&partial[0]).map(|m| m.len()).unwrap_or(0);
-    assert!(written > 0 && written < TOTAL as u64, "killed mid-write ({written} bytes)");
+    assert!(
+        written > 0 && written < TOTAL as u64,
+        "killed mid-write ({written} bytes)"
+    );
     kiln.restart().await.expect("kiln up restarts");
-    assert!(temp_files(kiln.data_dir(), "photos").is_empty(), "the partial write was swept");
+    assert!(
+        temp_files(kiln.data_dir(), "photos").is_empty(),
+        "the partial write was swept"
+    );
     let answer = http.get(&get_url).send().await.expect("get after restart");
-    assert_eq!(answer.status(), 200, "URLs signed before the crash still work");
+    assert_eq!(
+        answer.status(),
+        200,
+        "URLs signed before the crash still work"
+    );
     assert_eq!(answer.text().await.expect("body"), "version one");
-    let answer = http.put(url("PUT").await).body("version two").send().await.expect("v2");
+    let answer = http
+        .put(url("PUT").await)
+        .body("version two")
+        .send()
+        .await
+        .expect("v2");
     assert_eq!(answer.status(), 200);
-    assert_eq!(http.get(&get_url).send().await.expect("get").text().await.expect("body"), "version two");
+    assert_eq!(
+        http.get(&get_url)
+            .send()
+            .await
+            .expect("get")
+            .text()
+            .await
+            .expect("body"),
+        "version two"
+    );
 
     // --- a sandbox sees its bucket and reaches the endpoint on its gateway ---------------
     let sandbox = api
@@ -259,30 +392,49 @@ async fn buckets_end_to_end() {
         .expect("exec");
     let access_key_id = created["access_key_id"].as_str().unwrap_or_default();
     assert_eq!(ran.exit_code, 0, "{} {}", ran.stdout, ran.stderr);
-    assert!(ran.stdout.contains("endpoint=http://10.94."), "{}", ran.stdout);
     assert!(
-        ran.stdout.contains(&format!("bucket=photos region=us-east-1 key={access_key_id} other=shop-backups")),
+        ran.stdout.contains("endpoint=http://10.94."),
+        "{}",
+        ran.stdout
+    );
+    assert!(
+        ran.stdout.contains(&format!(
+            "bucket=photos region=us-east-1 key={access_key_id} other=shop-backups"
+        )),
         "{}",
         ran.stdout
     );
     assert!(ran.stdout.contains("put=200"), "{}", ran.stdout);
     // The unsigned GET is answered by S3 itself, with the error XML a client expects.
-    assert!(ran.stdout.contains("<Code>AccessDenied</Code>"), "{}", ran.stdout);
+    assert!(
+        ran.stdout.contains("<Code>AccessDenied</Code>"),
+        "{}",
+        ran.stdout
+    );
     let fetched = http
         .get(url_for(&api, "from-sandbox.txt").await)
         .send()
         .await
         .expect("get");
-    assert_eq!(fetched.text().await.expect("body"), "hello from the sandbox\n");
+    assert_eq!(
+        fetched.text().await.expect("body"),
+        "hello from the sandbox\n"
+    );
 
     // --- delete: objects and keys go --------------------------------------------------
     let deleted = kiln.cli(&["bucket", "delete", "photos"]);
-    assert!(deleted.status.success(), "{}", String::from_utf8_lossy(&deleted.stderr));
+    assert!(
+        deleted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&deleted.stderr)
+    );
     assert_eq!(problem(api.bucket("photos").await).status, 404);
     assert!(!kiln.data_dir().join("objects/buckets/photos").exists());
     let answer = http.get(&get_url).send().await.expect("get after delete");
     assert_eq!(answer.status(), 403, "the bucket's keys no longer work");
-    api.delete_sandbox(&sandbox.id).await.expect("delete sandbox");
+    api.delete_sandbox(&sandbox.id)
+        .await
+        .expect("delete sandbox");
     kiln.stop().expect("kiln stops");
 }
 

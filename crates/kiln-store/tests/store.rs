@@ -721,7 +721,10 @@ mod cases {
             .create_bucket("logs", &acme.id, &web.id, "KILNBBBB", "sealed-2")
             .await?;
         assert_eq!(store.get_bucket(&acme.id, "photos").await?, photos);
-        assert!(!format!("{photos:?}").contains("sealed-1"), "secrets stay out of logs");
+        assert!(
+            !format!("{photos:?}").contains("sealed-1"),
+            "secrets stay out of logs"
+        );
         // Names are global on the node: another org cannot take one, nor see it.
         match store
             .create_bucket("photos", &other.id, &theirs.id, "KILNCCCC", "s")
@@ -734,10 +737,19 @@ mod cases {
             store.get_bucket(&other.id, "photos").await,
             Err(StoreError::NotFound)
         ));
-        assert_eq!(store.list_buckets(&web.id).await?, vec![photos.clone(), logs.clone()]);
-        assert_eq!(store.list_all_buckets().await?, vec![logs.clone(), photos.clone()]);
+        assert_eq!(
+            store.list_buckets(&web.id).await?,
+            vec![photos.clone(), logs.clone()]
+        );
+        assert_eq!(
+            store.list_all_buckets().await?,
+            vec![logs.clone(), photos.clone()]
+        );
         store.delete_bucket("photos").await?;
-        assert!(matches!(store.delete_bucket("photos").await, Err(StoreError::NotFound)));
+        assert!(matches!(
+            store.delete_bucket("photos").await,
+            Err(StoreError::NotFound)
+        ));
         assert_eq!(store.list_buckets(&web.id).await?, vec![logs]);
         // Deleting the app takes its bucket records with it.
         store.delete_app(&acme.id, &web.id).await?;

@@ -53,7 +53,8 @@ impl S3Node {
         let public_url = public_url
             .map(|u| u.trim_end_matches('/').to_owned())
             .unwrap_or_else(|| format!("http://{shown}"));
-        let hosts = kiln_s3::VirtualHosts::new([format!("s3.{base_domain}"), base_domain.to_owned()]);
+        let hosts =
+            kiln_s3::VirtualHosts::new([format!("s3.{base_domain}"), base_domain.to_owned()]);
         S3Node {
             endpoint: S3Endpoint::new(objects.clone(), keys.clone(), hosts),
             objects,
@@ -199,13 +200,24 @@ impl Service {
         let method = match config.method.to_ascii_uppercase().as_str() {
             "GET" => PresignMethod::Get,
             "PUT" => PresignMethod::Put,
-            _ => return Err(invalid("method", format!("method `{}` cannot be presigned: use GET or PUT", config.method))),
+            _ => {
+                return Err(invalid(
+                    "method",
+                    format!(
+                        "method `{}` cannot be presigned: use GET or PUT",
+                        config.method
+                    ),
+                ));
+            }
         };
         let expires = Duration::from_secs(config.expires_s);
         if !(kiln_s3::MIN_EXPIRY..=kiln_s3::MAX_EXPIRY).contains(&expires) {
             return Err(invalid(
                 "expires_s",
-                format!("expires_s = {} is out of range: give 1 to 604800 seconds (7 days)", config.expires_s),
+                format!(
+                    "expires_s = {} is out of range: give 1 to 604800 seconds (7 days)",
+                    config.expires_s
+                ),
             ));
         }
         if config.key.is_empty() || config.key.len() > 1024 {
@@ -242,7 +254,9 @@ impl Service {
             }
             match self.bucket_key(record) {
                 Ok(key) => s3.keys.insert(key),
-                Err(e) => tracing::warn!(bucket = %record.name, error = %e.problem().detail, "bucket key cannot be opened; the bucket refuses every request"),
+                Err(e) => {
+                    tracing::warn!(bucket = %record.name, error = %e.problem().detail, "bucket key cannot be opened; the bucket refuses every request")
+                }
             }
         }
         for name in s3.objects.bucket_names().await? {
@@ -325,7 +339,10 @@ impl Service {
                 .map_err(|e| format!("bucket `{}`: {}", record.name, e.problem().detail))?;
             let suffix = record.name.to_ascii_uppercase().replace('-', "_");
             env.insert(format!("S3_BUCKET_{suffix}"), record.name.clone());
-            env.insert(format!("S3_BUCKET_{suffix}_ACCESS_KEY_ID"), key.access_key_id.clone());
+            env.insert(
+                format!("S3_BUCKET_{suffix}_ACCESS_KEY_ID"),
+                key.access_key_id.clone(),
+            );
             env.insert(
                 format!("S3_BUCKET_{suffix}_SECRET_ACCESS_KEY"),
                 key.secret_access_key.clone(),

@@ -52,6 +52,17 @@ pub(crate) struct PendingFile {
     file: tokio::io::BufWriter<tokio::fs::File>,
     md5: Md5,
     size: u64,
+    /// Set once renamed into place; until then dropping the value removes the file (a
+    /// client that hangs up mid-upload drops the request future, and with it this).
+    published: bool,
+}
+
+impl Drop for PendingFile {
+    fn drop(&mut self) {
+        if !self.published {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 impl PendingFile {
@@ -70,6 +81,7 @@ impl PendingFile {
             file: tokio::io::BufWriter::with_capacity(WRITE_BUFFER, file),
             md5: Md5::new(),
             size: 0,
+            published: false,
         })
     }
 
@@ -93,11 +105,6 @@ impl PendingFile {
         self.md5.clone().finalize().into()
     }
 
-    /// The temporary file's path (to remove it when the upload fails).
-    pub(crate) fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Appends the trailer, flushes and fsyncs, then renames the file to `target` and fsyncs
     /// the directory so the rename itself survives a crash.
     pub(crate) async fn publish(
@@ -105,11 +112,7 @@ impl PendingFile {
         meta: &ObjectMeta,
         target: &Path,
     ) -> Result<(), ObjectStoreError> {
-        let result = self.finish(meta, target).await;
-        if result.is_err() {
-            let _ = tokio::fs::remove_file(&self.path).await;
-        }
-        result
+        self.finish(meta, target).await
     }
 
     async fn finish(&mut self, meta: &ObjectMeta, target: &Path) -> Result<(), ObjectStoreError> {
@@ -146,6 +149,7 @@ impl PendingFile {
         tokio::fs::rename(&path, target)
             .await
             .map_err(io_err("rename", target))?;
+        self.published = true;
         sync_dir(target.parent().unwrap_or(Path::new("."))).await
     }
 }
@@ -257,6 +261,15 @@ mod tests {
             vec![std::ffi::OsString::from("obj")],
             "no temp file left"
         );
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_write_leaves_no_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut pending = PendingFile::create(dir.path()).await.expect("create");
+        pending.write(b"half an upload").await.expect("write");
+        drop(pending);
+        assert_eq!(std::fs::read_dir(dir.path()).expect("list").count(), 0);
     }
 
     #[tokio::test]

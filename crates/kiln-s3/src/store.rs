@@ -252,13 +252,9 @@ impl ObjectStore {
     {
         let dir = self.objects_dir(bucket).await?;
         let mut pending = PendingFile::create(&dir).await?;
-        if let Err(e) = fill(&mut pending, body).await {
-            let _ = tokio::fs::remove_file(pending.path()).await;
-            return Err(e);
-        }
+        fill(&mut pending, body).await?;
         let md5 = pending.md5();
         if options.content_md5.is_some_and(|want| want != md5) {
-            let _ = tokio::fs::remove_file(pending.path()).await;
             return Err(ObjectStoreError::BadDigest);
         }
         let meta = ObjectMeta {
@@ -456,13 +452,9 @@ impl ObjectStore {
         self.upload_info(bucket, key, upload_id).await?;
         let dir = self.upload_dir(bucket, upload_id)?;
         let mut pending = PendingFile::create(&dir).await?;
-        if let Err(e) = fill(&mut pending, body).await {
-            let _ = tokio::fs::remove_file(pending.path()).await;
-            return Err(e);
-        }
+        fill(&mut pending, body).await?;
         let md5 = pending.md5();
         if content_md5.is_some_and(|want| want != md5) {
-            let _ = tokio::fs::remove_file(pending.path()).await;
             return Err(ObjectStoreError::BadDigest);
         }
         let meta = ObjectMeta {
@@ -553,11 +545,7 @@ impl ObjectStore {
         let mut md5s = Md5::new();
         for part in &chosen {
             let path = upload_dir.join(part_file(part.number));
-            let copied = copy_part_body(&path, part.size, &mut pending).await;
-            if let Err(e) = copied {
-                let _ = tokio::fs::remove_file(pending.path()).await;
-                return Err(e);
-            }
+            copy_part_body(&path, part.size, &mut pending).await?;
             let raw = hex::decode(&part.etag).map_err(|e| ObjectStoreError::Corrupt {
                 path: path.clone(),
                 reason: format!("part ETag: {e}"),

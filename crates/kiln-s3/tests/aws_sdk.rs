@@ -699,3 +699,67 @@ async fn deleting_a_bucket_deletes_its_objects() {
         "a re-created bucket starts empty"
     );
 }
+
+#[tokio::test]
+async fn a_client_hanging_up_mid_put_leaves_nothing_behind() {
+    use tokio::io::AsyncWriteExt;
+    let fx = Fixture::start().await;
+    let url = presign(
+        &fx.endpoint(),
+        kiln_s3::REGION,
+        &fx.photos,
+        "half.bin",
+        PresignMethod::Put,
+        Duration::from_secs(60),
+        SystemTime::now(),
+    )
+    .expect("presign");
+    let path_and_query = url
+        .split_once(&fx.endpoint())
+        .expect("url under endpoint")
+        .1;
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", fx.port))
+        .await
+        .expect("connect");
+    let head = format!(
+        "PUT {path_and_query} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: {}\r\n\r\n",
+        fx.port,
+        10 << 20
+    );
+    conn.write_all(head.as_bytes()).await.expect("head");
+    conn.write_all(&vec![7u8; 1 << 20])
+        .await
+        .expect("first MiB");
+    let objects = fx._dir.path().join("s3/buckets/photos/objects");
+    let temp_count = || {
+        std::fs::read_dir(&objects)
+            .expect("objects dir")
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().starts_with(".tmp-"))
+            })
+            .count()
+    };
+    let mut waited = 0;
+    while temp_count() == 0 && waited < 100 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waited += 1;
+    }
+    assert_eq!(temp_count(), 1, "the upload is being written");
+    drop(conn);
+    let mut waited = 0;
+    while temp_count() > 0 && waited < 100 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waited += 1;
+    }
+    assert_eq!(temp_count(), 0, "the abandoned upload's file is gone");
+    let err = fx
+        .client(&fx.photos)
+        .head_object()
+        .bucket("photos")
+        .key("half.bin")
+        .send()
+        .await
+        .expect_err("no object");
+    assert_eq!(err.raw_response().map(|r| r.status().as_u16()), Some(404));
+}

@@ -421,6 +421,35 @@ async fn buckets_end_to_end() {
         "hello from the sandbox\n"
     );
 
+    // --- deleting an app deletes its buckets -------------------------------------------
+    api.create_app(&AppConfig {
+        name: "Scratch".into(),
+        slug: None,
+    })
+    .await
+    .expect("scratch app");
+    api.create_bucket(
+        "scratch",
+        &BucketConfig {
+            name: "scratch-files".into(),
+        },
+    )
+    .await
+    .expect("scratch bucket");
+    assert!(
+        kiln.data_dir()
+            .join("objects/buckets/scratch-files")
+            .exists()
+    );
+    api.delete_app("scratch").await.expect("delete app");
+    assert_eq!(problem(api.bucket("scratch-files").await).status, 404);
+    assert!(
+        !kiln
+            .data_dir()
+            .join("objects/buckets/scratch-files")
+            .exists()
+    );
+
     // --- delete: objects and keys go --------------------------------------------------
     let deleted = kiln.cli(&["bucket", "delete", "photos"]);
     assert!(

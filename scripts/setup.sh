@@ -7,6 +7,7 @@ packages=(
     iproute2 nftables util-linux procps   # machine namespaces, bridges, firewall
     mmdebstrap debian-archive-keyring     # building machine images
     ca-certificates curl python3          # tests and tools
+    python3-venv                          # the S3 test's boto3 venv
     postgresql                            # the store's PostgreSQL test run
     e2fsprogs                             # VM workspace volumes (mkfs.ext4)
 )

@@ -17,6 +17,13 @@ if [[ ! -f "$KILN_TEST_VITE_DIR/node_modules/vite/package.json" ]]; then
     npm install --prefix "$KILN_TEST_VITE_DIR" --no-audit --no-fund --loglevel=error vite@5
 fi
 
+# boto3 from PyPI for the S3 test, in a venv cached like the images.
+export KILN_TEST_VENV="${KILN_TEST_VENV:-/var/cache/kiln-test/venv}"
+if [[ ! -x "$KILN_TEST_VENV/bin/python" ]] || ! "$KILN_TEST_VENV/bin/python" -c "import boto3" 2>/dev/null; then
+    python3 -m venv "$KILN_TEST_VENV"
+    "$KILN_TEST_VENV/bin/pip" install --quiet --disable-pip-version-check "boto3>=1.34,<2"
+fi
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 # Integration tests start the real binaries, so build all of them first.

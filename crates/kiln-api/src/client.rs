@@ -181,6 +181,40 @@ impl Client {
         self.delete(&format!("/v1/apps/{app}")).await
     }
 
+    /// `POST /v1/apps/{app}/buckets`: the answer carries the secret key (shown this once).
+    pub async fn create_bucket(
+        &self,
+        app: &str,
+        config: &crate::buckets::BucketConfig,
+    ) -> Result<crate::buckets::Bucket, ClientError> {
+        self.post(&format!("/v1/apps/{app}/buckets"), config).await
+    }
+
+    /// `GET /v1/apps/{app}/buckets`.
+    pub async fn buckets(&self, app: &str) -> Result<List<crate::buckets::Bucket>, ClientError> {
+        self.get(&format!("/v1/apps/{app}/buckets")).await
+    }
+
+    /// `GET /v1/buckets/{bucket}`.
+    pub async fn bucket(&self, bucket: &str) -> Result<crate::buckets::Bucket, ClientError> {
+        self.get(&format!("/v1/buckets/{bucket}")).await
+    }
+
+    /// `DELETE /v1/buckets/{bucket}`: the bucket, its objects and its keys.
+    pub async fn delete_bucket(&self, bucket: &str) -> Result<(), ClientError> {
+        self.delete(&format!("/v1/buckets/{bucket}")).await
+    }
+
+    /// `POST /v1/buckets/{bucket}/presign`.
+    pub async fn presign(
+        &self,
+        bucket: &str,
+        config: &crate::buckets::PresignConfig,
+    ) -> Result<crate::buckets::PresignedUrl, ClientError> {
+        self.post(&format!("/v1/buckets/{bucket}/presign"), config)
+            .await
+    }
+
     /// `GET /v1/edge/routes?after=G&wait=S`: the route set once its generation passes `after`
     /// (or as it is when `wait_s` runs out).
     pub async fn edge_routes(

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod apps;
+pub mod buckets;
 pub mod client;
 pub mod cron;
 pub mod edge;

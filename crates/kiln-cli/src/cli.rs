@@ -116,11 +116,49 @@ pub enum Command {
     /// An app's configuration variables and secrets.
     #[command(subcommand)]
     Env(EnvCommand),
+    /// S3 buckets of apps, and presigned URLs.
+    #[command(subcommand)]
+    Bucket(BucketCommand),
     /// Scheduled jobs run from an app's live release.
     #[command(subcommand)]
     Cron(CronCommand),
     /// Nodes and their drivers.
     Nodes,
+}
+
+/// `kiln bucket …`.
+#[derive(Debug, Subcommand)]
+pub enum BucketCommand {
+    /// Create a bucket with its own key pair (the secret is shown this once).
+    Create {
+        /// App id or slug.
+        app: String,
+        /// Bucket name: 3-63 lowercase letters, digits and hyphens, unique on the platform.
+        name: String,
+    },
+    /// List an app's buckets.
+    List {
+        /// App id or slug.
+        app: String,
+    },
+    /// Delete a bucket with all its objects.
+    Delete {
+        /// Bucket name.
+        bucket: String,
+    },
+    /// Print a presigned URL for one object.
+    Presign {
+        /// Bucket name.
+        bucket: String,
+        /// Object key.
+        key: String,
+        /// `GET` (download) or `PUT` (upload).
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// Seconds the URL stays valid (1 to 604800).
+        #[arg(long, default_value_t = 3600)]
+        expires: u64,
+    },
 }
 
 /// `kiln up`.

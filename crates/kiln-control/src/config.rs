@@ -20,6 +20,8 @@ pub struct RawConfig {
     pub edge_https_addr: Option<String>,
     /// S3-compatible endpoint listen address.
     pub s3_addr: Option<String>,
+    /// The S3 URL handed to clients (presigned URLs), when not `http://{s3_addr}`.
+    pub s3_public_url: Option<String>,
     /// Base domain of the default org.
     pub base_domain: Option<String>,
     /// Machine driver: `process`, `qemu` or `firecracker`.
@@ -85,6 +87,8 @@ pub struct Config {
     pub edge_https_addr: SocketAddr,
     /// S3 endpoint listen address.
     pub s3_addr: SocketAddr,
+    /// The S3 URL handed to clients; `None` means `http://{s3_addr}`.
+    pub s3_public_url: Option<String>,
     /// Base domain of the default org.
     pub base_domain: String,
     /// Requested driver; `None` picks the best available.
@@ -244,6 +248,7 @@ impl Config {
                 "127.0.0.1:8443",
             )?,
             s3_addr: addr("KILN_S3_ADDR", raw.s3_addr, "127.0.0.1:7090")?,
+            s3_public_url: env("KILN_S3_PUBLIC_URL").or(raw.s3_public_url),
             base_domain,
             runtime,
             operator_token,

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 mod apps;
+mod buckets;
 mod cron;
 mod deployments;
 mod env;
@@ -31,6 +32,7 @@ use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Row};
 
 pub use apps::AppRecord;
+pub use buckets::BucketRecord;
 pub use cron::{CronJobRecord, CronRunRecord, NewCronJob};
 pub use deployments::DeploymentRecord;
 pub use env::EnvVarRecord;

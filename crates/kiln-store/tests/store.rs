@@ -133,6 +133,7 @@ store_tests!(
     settings,
     reopen_keeps_data,
     concurrent_writes,
+    buckets,
 );
 
 fn new_org(slug: &str) -> NewOrg {
@@ -705,6 +706,54 @@ mod cases {
             }
         }
         assert_eq!(won, 1);
+        Ok(())
+    }
+    pub async fn buckets(db: &TestDb) -> TestResult {
+        let store = db.open().await;
+        let acme = org(&store, "acme").await?;
+        let other = org(&store, "other").await?;
+        let web = store.create_app(&acme.id, "Web", "web").await?;
+        let theirs = store.create_app(&other.id, "Web", "web").await?;
+        let photos = store
+            .create_bucket("photos", &acme.id, &web.id, "KILNAAAA", "sealed-1")
+            .await?;
+        let logs = store
+            .create_bucket("logs", &acme.id, &web.id, "KILNBBBB", "sealed-2")
+            .await?;
+        assert_eq!(store.get_bucket(&acme.id, "photos").await?, photos);
+        assert!(
+            !format!("{photos:?}").contains("sealed-1"),
+            "secrets stay out of logs"
+        );
+        // Names are global on the node: another org cannot take one, nor see it.
+        match store
+            .create_bucket("photos", &other.id, &theirs.id, "KILNCCCC", "s")
+            .await
+        {
+            Err(StoreError::Conflict { what }) => assert!(what.contains("photos"), "{what}"),
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+        assert!(matches!(
+            store.get_bucket(&other.id, "photos").await,
+            Err(StoreError::NotFound)
+        ));
+        assert_eq!(
+            store.list_buckets(&web.id).await?,
+            vec![photos.clone(), logs.clone()]
+        );
+        assert_eq!(
+            store.list_all_buckets().await?,
+            vec![logs.clone(), photos.clone()]
+        );
+        store.delete_bucket("photos").await?;
+        assert!(matches!(
+            store.delete_bucket("photos").await,
+            Err(StoreError::NotFound)
+        ));
+        assert_eq!(store.list_buckets(&web.id).await?, vec![logs]);
+        // Deleting the app takes its bucket records with it.
+        store.delete_app(&acme.id, &web.id).await?;
+        assert!(store.list_all_buckets().await?.is_empty());
         Ok(())
     }
 }

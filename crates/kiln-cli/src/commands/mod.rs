@@ -1,6 +1,7 @@
 //! Every verb but `up`: each builds a request with the typed client and prints the answer.
 
 mod apps;
+mod buckets;
 mod cron;
 mod orgs;
 mod releases;
@@ -64,6 +65,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Deployments { app } => releases::deployments(&client()?, &out, &app).await,
         Command::Env(cmd) => releases::env(&client()?, &out, cmd).await,
+        Command::Bucket(cmd) => buckets::run(&client()?, &out, cmd).await,
         Command::Cron(cmd) => cron::run(&client()?, &out, cmd).await,
         Command::Nodes => {
             let nodes = client()?.nodes().await?;

@@ -2,6 +2,7 @@
 //! extract, call one [`Service`] method and serialize; nothing else.
 
 mod apps;
+mod buckets;
 mod cron;
 mod edge;
 mod env;
@@ -46,6 +47,15 @@ pub fn router(service: Service) -> Router {
             "/v1/apps/{app}/env/{name}",
             axum::routing::put(env::set).delete(env::unset),
         )
+        .route(
+            "/v1/apps/{app}/buckets",
+            post(buckets::create).get(buckets::list),
+        )
+        .route(
+            "/v1/buckets/{bucket}",
+            get(buckets::get).delete(buckets::delete),
+        )
+        .route("/v1/buckets/{bucket}/presign", post(buckets::presign))
         .route("/v1/apps/{app}/cron", post(cron::create).get(cron::list))
         .route("/v1/cron/{job}", get(cron::get).delete(cron::delete))
         .route("/v1/cron/{job}/runs", get(cron::runs))

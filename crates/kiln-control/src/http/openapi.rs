@@ -3,7 +3,7 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::{apps, cron, edge, env, orgs, releases, sandboxes};
+use super::{apps, buckets, cron, edge, env, orgs, releases, sandboxes};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -32,6 +32,11 @@ use super::{apps, cron, edge, env, orgs, releases, sandboxes};
         releases::deploy,
         releases::deployments,
         releases::rollback,
+        buckets::create,
+        buckets::list,
+        buckets::get,
+        buckets::delete,
+        buckets::presign,
         cron::create,
         cron::list,
         cron::get,

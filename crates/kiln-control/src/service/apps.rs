@@ -78,6 +78,7 @@ impl Service {
                 .await?;
         }
         self.wake_reconciler();
+        self.delete_app_buckets(org_id, &record.id).await?;
         self.store().delete_app_cron_jobs(&record.id).await?;
         self.store().delete_app(org_id, &record.id).await?;
         self.notify_change();

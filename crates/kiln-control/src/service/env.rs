@@ -87,10 +87,12 @@ impl Service {
     /// Each resource kind adds its own variables here.
     pub(crate) async fn managed_env(
         &self,
-        _org_id: &str,
-        _app_id: &str,
+        org_id: &str,
+        app_id: &str,
     ) -> Result<BTreeMap<String, String>, String> {
-        Ok(BTreeMap::new())
+        let mut env = BTreeMap::new();
+        env.extend(self.bucket_env(org_id, app_id).await?);
+        Ok(env)
     }
 
     /// The values for a release's variables, from the app's config as it is now.

@@ -2,6 +2,7 @@
 //! authorize and extract, then call one method here.
 
 mod apps;
+mod buckets;
 mod cron;
 mod deployments;
 mod env;
@@ -19,6 +20,7 @@ use kiln_runtime::Driver;
 use kiln_store::Store;
 use tokio::sync::{Notify, watch};
 
+pub use buckets::S3Node;
 pub use machines::Machines;
 pub(crate) use sandboxes::sandboxes_env;
 
@@ -56,6 +58,8 @@ struct Inner {
     signer: kiln_artifacts::SigningKey,
     /// Seals app secrets at rest.
     sealer: crate::secrets::Sealer,
+    /// The node's object store and S3 front ends.
+    s3: S3Node,
     /// Deployments being promoted by a request right now; the reconciler leaves them alone.
     promoting: std::sync::Mutex<std::collections::HashSet<String>>,
 }
@@ -80,6 +84,8 @@ pub struct Parts {
     pub signer: kiln_artifacts::SigningKey,
     /// Secret sealing key.
     pub sealer: crate::secrets::Sealer,
+    /// The object store and its S3 front ends.
+    pub s3: S3Node,
 }
 
 impl Service {
@@ -95,6 +101,7 @@ impl Service {
             artifacts,
             signer,
             sealer,
+            s3,
         } = parts;
         Self {
             inner: Arc::new(Inner {
@@ -105,6 +112,7 @@ impl Service {
                 artifacts,
                 signer,
                 sealer,
+                s3,
                 promoting: std::sync::Mutex::default(),
                 machines: Machines::default(),
                 wake: Notify::new(),

@@ -1,0 +1,295 @@
+//! One object, one file: the body, then a JSON trailer with the object's metadata, then the
+//! trailer's length and a magic tag. Body and metadata are published together by a single
+//! rename, so a reader sees the old object or the new one, never a mix or a partial body.
+//!
+//! The metadata goes last because the ETag (the body's MD5) is only known once the body has
+//! streamed through; a header would need a second pass or a seek-and-patch.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use md5::{Digest, Md5};
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+
+use crate::error::{ObjectStoreError, io_err};
+
+/// The last bytes of every object file.
+const MAGIC: &[u8; 8] = b"KILNOBJ1";
+/// Trailer length (u32, little endian) + magic.
+const FOOTER_LEN: u64 = 12;
+/// Trailers are small; a bigger one means a damaged file.
+const MAX_TRAILER: u32 = 1 << 20;
+/// Writes are gathered into blocks this large before they reach the file.
+const WRITE_BUFFER: usize = 1 << 20;
+
+/// What is stored about an object besides its bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectMeta {
+    /// The full object key.
+    pub key: String,
+    /// Body length in bytes.
+    pub size: u64,
+    /// The ETag without quotes: hex MD5, or `hex-N` for a multipart object.
+    pub etag: String,
+    /// `Content-Type` given at upload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    /// User metadata (`x-amz-meta-*`), names in lowercase.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+    /// When the object was written, milliseconds since the Unix epoch.
+    pub last_modified_ms: i64,
+    /// Number of parts for a multipart object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parts: Option<u32>,
+}
+
+/// A temporary file being filled with a body; becomes visible only through [`publish`].
+pub(crate) struct PendingFile {
+    path: PathBuf,
+    file: tokio::io::BufWriter<tokio::fs::File>,
+    md5: Md5,
+    size: u64,
+    /// Set once renamed into place; until then dropping the value removes the file (a
+    /// client that hangs up mid-upload drops the request future, and with it this).
+    published: bool,
+}
+
+impl Drop for PendingFile {
+    fn drop(&mut self) {
+        if !self.published {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+impl PendingFile {
+    /// Creates a hidden temporary file in `dir` (the directory it will be renamed within, so
+    /// the rename is atomic and never crosses filesystems).
+    pub(crate) async fn create(dir: &Path) -> Result<PendingFile, ObjectStoreError> {
+        let path = dir.join(format!(".tmp-{}", crate::random_hex(16)));
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .await
+            .map_err(io_err("create", &path))?;
+        Ok(PendingFile {
+            path,
+            file: tokio::io::BufWriter::with_capacity(WRITE_BUFFER, file),
+            md5: Md5::new(),
+            size: 0,
+            published: false,
+        })
+    }
+
+    /// Appends body bytes.
+    pub(crate) async fn write(&mut self, chunk: &[u8]) -> Result<(), ObjectStoreError> {
+        self.md5.update(chunk);
+        self.size += chunk.len() as u64;
+        self.file
+            .write_all(chunk)
+            .await
+            .map_err(io_err("write", &self.path))
+    }
+
+    /// Bytes written so far.
+    pub(crate) fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The MD5 of the body so far.
+    pub(crate) fn md5(&self) -> [u8; 16] {
+        self.md5.clone().finalize().into()
+    }
+
+    /// Appends the trailer, flushes and fsyncs, then renames the file to `target` and fsyncs
+    /// the directory so the rename itself survives a crash.
+    pub(crate) async fn publish(
+        mut self,
+        meta: &ObjectMeta,
+        target: &Path,
+    ) -> Result<(), ObjectStoreError> {
+        self.finish(meta, target).await
+    }
+
+    async fn finish(&mut self, meta: &ObjectMeta, target: &Path) -> Result<(), ObjectStoreError> {
+        let trailer = serde_json::to_vec(meta).map_err(|e| ObjectStoreError::Corrupt {
+            path: target.to_path_buf(),
+            reason: format!("metadata does not serialise: {e}"),
+        })?;
+        let len = u32::try_from(trailer.len())
+            .ok()
+            .filter(|len| *len <= MAX_TRAILER)
+            .ok_or_else(|| ObjectStoreError::Corrupt {
+                path: target.to_path_buf(),
+                reason: "metadata larger than 1 MiB".into(),
+            })?;
+        let path = self.path.clone();
+        self.file
+            .write_all(&trailer)
+            .await
+            .map_err(io_err("write", &path))?;
+        self.file
+            .write_all(&len.to_le_bytes())
+            .await
+            .map_err(io_err("write", &path))?;
+        self.file
+            .write_all(MAGIC)
+            .await
+            .map_err(io_err("write", &path))?;
+        self.file.flush().await.map_err(io_err("flush", &path))?;
+        self.file
+            .get_ref()
+            .sync_all()
+            .await
+            .map_err(io_err("fsync", &path))?;
+        tokio::fs::rename(&path, target)
+            .await
+            .map_err(io_err("rename", target))?;
+        self.published = true;
+        sync_dir(target.parent().unwrap_or(Path::new("."))).await
+    }
+}
+
+/// Fsyncs a directory, making renames and removals in it durable.
+pub(crate) async fn sync_dir(dir: &Path) -> Result<(), ObjectStoreError> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        std::fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err("fsync", &dir))
+    })
+    .await
+    .map_err(|e| ObjectStoreError::Body(format!("fsync task failed: {e}")))?
+}
+
+/// Reads the trailer of an object file (blocking; call from a blocking context).
+pub(crate) fn read_meta(
+    file: &mut std::fs::File,
+    path: &Path,
+) -> Result<ObjectMeta, ObjectStoreError> {
+    let corrupt = |reason: &str| ObjectStoreError::Corrupt {
+        path: path.to_path_buf(),
+        reason: reason.to_owned(),
+    };
+    let total = file.metadata().map_err(io_err("stat", path))?.len();
+    if total < FOOTER_LEN {
+        return Err(corrupt("shorter than its footer"));
+    }
+    let mut footer = [0u8; FOOTER_LEN as usize];
+    file.seek(SeekFrom::Start(total - FOOTER_LEN))
+        .map_err(io_err("seek", path))?;
+    file.read_exact(&mut footer).map_err(io_err("read", path))?;
+    if &footer[4..] != MAGIC {
+        return Err(corrupt("missing its magic tag"));
+    }
+    let len = u32::from_le_bytes([footer[0], footer[1], footer[2], footer[3]]);
+    if len > MAX_TRAILER || u64::from(len) + FOOTER_LEN > total {
+        return Err(corrupt("trailer length out of range"));
+    }
+    let mut trailer = vec![0u8; len as usize];
+    file.seek(SeekFrom::Start(total - FOOTER_LEN - u64::from(len)))
+        .map_err(io_err("seek", path))?;
+    file.read_exact(&mut trailer)
+        .map_err(io_err("read", path))?;
+    let meta: ObjectMeta =
+        serde_json::from_slice(&trailer).map_err(|e| corrupt(&format!("trailer: {e}")))?;
+    if meta.size + u64::from(len) + FOOTER_LEN != total {
+        return Err(corrupt("body length does not match the trailer"));
+    }
+    Ok(meta)
+}
+
+/// Opens an object file and reads its metadata; `Ok(None)` when there is no such file.
+pub(crate) async fn open(
+    path: &Path,
+) -> Result<Option<(std::fs::File, ObjectMeta)>, ObjectStoreError> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let mut file = match std::fs::File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err("open", &path)(e)),
+        };
+        let meta = read_meta(&mut file, &path)?;
+        Ok(Some((file, meta)))
+    })
+    .await
+    .map_err(|e| ObjectStoreError::Body(format!("open task failed: {e}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(size: u64) -> ObjectMeta {
+        ObjectMeta {
+            key: "k".into(),
+            size,
+            etag: "e".into(),
+            content_type: Some("text/plain".into()),
+            metadata: BTreeMap::from([("a".into(), "b".into())]),
+            last_modified_ms: 1,
+            parts: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_published_file_reads_back_its_meta_and_body() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut pending = PendingFile::create(dir.path()).await.expect("create");
+        pending.write(b"hello ").await.expect("write");
+        pending.write(b"world").await.expect("write");
+        assert_eq!(pending.size(), 11);
+        let target = dir.path().join("obj");
+        pending.publish(&meta(11), &target).await.expect("publish");
+        let (mut file, read) = open(&target).await.expect("open").expect("exists");
+        assert_eq!(read, meta(11));
+        let mut body = vec![0; 11];
+        file.seek(SeekFrom::Start(0)).expect("seek");
+        file.read_exact(&mut body).expect("read");
+        assert_eq!(&body, b"hello world");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(
+            names,
+            vec![std::ffi::OsString::from("obj")],
+            "no temp file left"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_write_leaves_no_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut pending = PendingFile::create(dir.path()).await.expect("create");
+        pending.write(b"half an upload").await.expect("write");
+        drop(pending);
+        assert_eq!(std::fs::read_dir(dir.path()).expect("list").count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_truncated_file_is_reported_damaged_not_served() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut pending = PendingFile::create(dir.path()).await.expect("create");
+        pending.write(b"0123456789").await.expect("write");
+        let target = dir.path().join("obj");
+        pending.publish(&meta(10), &target).await.expect("publish");
+        let bytes = std::fs::read(&target).expect("read");
+        std::fs::write(&target, &bytes[3..]).expect("truncate");
+        assert!(matches!(
+            open(&target).await,
+            Err(ObjectStoreError::Corrupt { .. })
+        ));
+        assert!(
+            open(&dir.path().join("missing"))
+                .await
+                .expect("open")
+                .is_none()
+        );
+    }
+}

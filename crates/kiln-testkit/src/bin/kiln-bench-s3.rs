@@ -1,0 +1,140 @@
+//! Benchmark: S3 PUT and GET throughput of 1 MiB and 64 MiB objects through the real `kiln
+//! up` (presigned URLs, HTTP on loopback), beside raw disk writes and reads of the same bytes
+//! in the same data dir, done the way the store does them (write, fsync, rename, fsync the
+//! directory). Run by `scripts/bench-platform.sh s3`.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures::StreamExt;
+use kiln_api::apps::AppConfig;
+use kiln_api::buckets::{BucketConfig, PresignConfig};
+use kiln_testkit::Kiln;
+
+const MIB: usize = 1 << 20;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let binary = std::env::args()
+        .nth(1)
+        .map(PathBuf::from)
+        .context("usage: kiln-bench-s3 PATH/TO/kiln")?;
+    let kiln = Kiln::start(&binary, &[("KILN_LOG", "warn")], None).await?;
+    let api = kiln.client();
+    api.create_app(&AppConfig {
+        name: "bench".into(),
+        slug: None,
+    })
+    .await?;
+    api.create_bucket(
+        "bench",
+        &BucketConfig {
+            name: "bench".into(),
+        },
+    )
+    .await?;
+    let http = reqwest::Client::new();
+    let raw_dir = kiln.data_dir().join("raw-baseline");
+    std::fs::create_dir_all(&raw_dir)?;
+    println!("size     op    kiln MiB/s   raw MiB/s   kiln/raw");
+    for (size, rounds) in [(MIB, 40), (64 * MIB, 6)] {
+        let body = bytes::Bytes::from((0..size).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+        let key = format!("obj-{}", size / MIB);
+        let put_url = presign(&api, "PUT", &key).await?;
+        let get_url = presign(&api, "GET", &key).await?;
+        let (mut puts, mut gets, mut raw_writes, mut raw_reads) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            let started = Instant::now();
+            let answer = http.put(&put_url).body(body.clone()).send().await?;
+            if !answer.status().is_success() {
+                bail!("PUT answered {}: {}", answer.status(), answer.text().await?);
+            }
+            puts.push(started.elapsed());
+
+            let started = Instant::now();
+            let answer = http.get(&get_url).send().await?;
+            let mut stream = answer.bytes_stream();
+            let mut got = 0;
+            while let Some(chunk) = stream.next().await {
+                got += chunk?.len();
+            }
+            if got != size {
+                bail!("GET returned {got} bytes, expected {size}");
+            }
+            gets.push(started.elapsed());
+
+            let started = Instant::now();
+            raw_write(&raw_dir, &body)?;
+            raw_writes.push(started.elapsed());
+            let started = Instant::now();
+            raw_read(&raw_dir.join("object"), size)?;
+            raw_reads.push(started.elapsed());
+        }
+        let label = format!("{} MiB", size / MIB);
+        for (op, kiln_t, raw_t) in [
+            ("PUT", &mut puts, &mut raw_writes),
+            ("GET", &mut gets, &mut raw_reads),
+        ] {
+            let k = throughput(size, median(kiln_t));
+            let r = throughput(size, median(raw_t));
+            println!(
+                "{label:<8} {op}   {k:>10.0}   {r:>9.0}   {:>7.0}%",
+                100.0 * k / r
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn presign(api: &kiln_api::Client, method: &str, key: &str) -> anyhow::Result<String> {
+    Ok(api
+        .presign(
+            "bench",
+            &PresignConfig {
+                method: method.into(),
+                key: key.into(),
+                expires_s: 3600,
+            },
+        )
+        .await?
+        .url)
+}
+
+/// What the store does to publish an object: a temporary file, fsync, rename, fsync the dir.
+fn raw_write(dir: &Path, body: &[u8]) -> std::io::Result<()> {
+    let tmp = dir.join(".tmp-object");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(body)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, dir.join("object"))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+fn raw_read(path: &Path, size: usize) -> std::io::Result<()> {
+    let mut file = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut got = 0;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    if got != size {
+        return Err(std::io::Error::other(format!("read {got} of {size} bytes")));
+    }
+    Ok(())
+}
+
+fn median(samples: &mut [Duration]) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+fn throughput(size: usize, took: Duration) -> f64 {
+    size as f64 / MIB as f64 / took.as_secs_f64()
+}

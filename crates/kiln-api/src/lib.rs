@@ -4,6 +4,7 @@
 
 pub mod apps;
 pub mod client;
+pub mod databases;
 pub mod edge;
 pub mod orgs;
 pub mod problem;

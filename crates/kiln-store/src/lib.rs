@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 mod apps;
+mod databases;
 mod deployments;
 mod env;
 mod error;
@@ -30,6 +31,7 @@ use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Row};
 
 pub use apps::AppRecord;
+pub use databases::{DatabaseRecord, NewDatabase};
 pub use deployments::DeploymentRecord;
 pub use env::EnvVarRecord;
 pub use error::StoreError;

@@ -28,6 +28,8 @@ pub enum DatabaseStatus {
     Failed,
     /// Deletion is in progress.
     Deleting,
+    /// Gone: server stopped, data and credentials removed.
+    Deleted,
 }
 
 /// A managed database.
@@ -67,7 +69,8 @@ pub struct Database {
 pub struct DatabaseDeleted {
     /// The database id.
     pub id: String,
-    /// Now `deleting`: the server, data and credentials go in the background.
+    /// `deleted` once server, data and credentials are gone; `deleting` while that is still
+    /// under way (it finishes in the background).
     pub status: DatabaseStatus,
     /// Apps whose machines were given this database's URL (running sandboxes or a live
     /// deployment) and lose it: their next boot no longer has the variables.

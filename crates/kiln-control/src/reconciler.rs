@@ -25,6 +25,9 @@ pub async fn run(service: Service, shutdown: CancellationToken) {
         if let Err(e) = deployments_pass(&service).await {
             tracing::warn!(error = %e, "deployment pass failed; retrying");
         }
+        if let Err(e) = service.databases_pass().await {
+            tracing::warn!(error = %e, "database pass failed; retrying");
+        }
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = service.reconciler_woken() => {}

@@ -2,6 +2,7 @@
 //! extract, call one [`Service`] method and serialize; nothing else.
 
 mod apps;
+mod databases;
 mod edge;
 mod env;
 mod extract;
@@ -40,6 +41,18 @@ pub fn router(service: Service) -> Router {
             post(releases::deploy).get(releases::deployments),
         )
         .route("/v1/apps/{app}/rollback", post(releases::rollback))
+        .route(
+            "/v1/apps/{app}/databases",
+            post(databases::create).get(databases::list),
+        )
+        .route(
+            "/v1/databases/{db}",
+            get(databases::get).delete(databases::delete),
+        )
+        .route(
+            "/v1/databases/{db}/credentials/rotate",
+            post(databases::rotate),
+        )
         .route("/v1/apps/{app}/env", get(env::list))
         .route(
             "/v1/apps/{app}/env/{name}",

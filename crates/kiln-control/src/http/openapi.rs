@@ -3,7 +3,7 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::{apps, edge, env, orgs, releases, sandboxes};
+use super::{apps, databases, edge, env, orgs, releases, sandboxes};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -32,6 +32,11 @@ use super::{apps, edge, env, orgs, releases, sandboxes};
         releases::deploy,
         releases::deployments,
         releases::rollback,
+        databases::create,
+        databases::list,
+        databases::get,
+        databases::delete,
+        databases::rotate,
         env::list,
         env::set,
         env::unset,

@@ -88,9 +88,11 @@ impl Service {
     pub(crate) async fn managed_env(
         &self,
         _org_id: &str,
-        _app_id: &str,
+        app_id: &str,
     ) -> Result<BTreeMap<String, String>, String> {
-        Ok(BTreeMap::new())
+        let mut env = BTreeMap::new();
+        env.extend(self.database_env(app_id).await?);
+        Ok(env)
     }
 
     /// The values for a release's variables, from the app's config as it is now.

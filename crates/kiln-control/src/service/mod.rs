@@ -2,6 +2,8 @@
 //! authorize and extract, then call one method here.
 
 mod apps;
+mod database_pass;
+mod databases;
 mod deployments;
 mod env;
 mod machines;
@@ -57,6 +59,10 @@ struct Inner {
     sealer: crate::secrets::Sealer,
     /// Deployments being promoted by a request right now; the reconciler leaves them alone.
     promoting: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// The node's managed database instances.
+    engines: kiln_databases::Databases,
+    /// Databases a reconciler task is working on.
+    database_tasks: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// The parts of a service that [`Service::new`] does not make itself.
@@ -79,6 +85,8 @@ pub struct Parts {
     pub signer: kiln_artifacts::SigningKey,
     /// Secret sealing key.
     pub sealer: crate::secrets::Sealer,
+    /// The node's managed database instances.
+    pub engines: kiln_databases::Databases,
 }
 
 impl Service {
@@ -94,6 +102,7 @@ impl Service {
             artifacts,
             signer,
             sealer,
+            engines,
         } = parts;
         Self {
             inner: Arc::new(Inner {
@@ -105,6 +114,8 @@ impl Service {
                 signer,
                 sealer,
                 promoting: std::sync::Mutex::default(),
+                engines,
+                database_tasks: std::sync::Mutex::default(),
                 machines: Machines::default(),
                 wake: Notify::new(),
                 changes: watch::Sender::new(0),
@@ -139,6 +150,29 @@ impl Service {
     /// Seals and opens app secrets.
     pub fn sealer(&self) -> &crate::secrets::Sealer {
         &self.inner.sealer
+    }
+
+    /// The node's managed database instances.
+    pub fn engines(&self) -> &kiln_databases::Databases {
+        &self.inner.engines
+    }
+
+    /// Marks a database as being worked on; false when a task already has it.
+    pub(crate) fn claim_database_task(&self, id: &str) -> bool {
+        self.inner
+            .database_tasks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(id.to_owned())
+    }
+
+    /// Releases what [`Service::claim_database_task`] claimed.
+    pub(crate) fn release_database_task(&self, id: &str) {
+        self.inner
+            .database_tasks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(id);
     }
 
     /// The release signing key.

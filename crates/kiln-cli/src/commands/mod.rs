@@ -1,6 +1,7 @@
 //! Every verb but `up`: each builds a request with the typed client and prints the answer.
 
 mod apps;
+mod db;
 mod orgs;
 mod releases;
 mod sandbox;
@@ -63,6 +64,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Deployments { app } => releases::deployments(&client()?, &out, &app).await,
         Command::Env(cmd) => releases::env(&client()?, &out, cmd).await,
+        Command::Db(cmd) => db::run(&client()?, &out, cmd).await,
         Command::Nodes => {
             let nodes = client()?.nodes().await?;
             out.print(&nodes, || {

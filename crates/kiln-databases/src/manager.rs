@@ -127,20 +127,23 @@ impl Databases {
         self.check(inst, login).await
     }
 
-    /// Starts the server of an already provisioned instance unless it runs (after the node
-    /// restarted: a server left by the previous life is stopped first), and waits until it
-    /// accepts the administrator.
+    /// Starts the server of an already provisioned instance unless this node supervises it
+    /// already, and waits until it accepts the administrator. After a restart of the node a
+    /// server left running by the previous life is adopted when it still answers (so apps keep
+    /// their database), else stopped and started afresh.
     pub async fn start(&self, inst: &Instance, admin_password: &str) -> Result<(), DbError> {
         if self.is_running(&inst.id) {
             return Ok(());
         }
         let user = EngineUser::of(inst.engine)?;
-        supervise::stop_stale(
-            &layout::pid_file(&self.root, &inst.id),
-            inst.engine.process_name(),
-            stop_signal(inst.engine),
-        )
-        .await;
+        let pid_file = layout::pid_file(&self.root, &inst.id);
+        if let Some(pid) = supervise::find_running(&pid_file, inst.engine.process_name())
+            && self.adopt(inst, user, pid, admin_password).await
+        {
+            return Ok(());
+        }
+        supervise::stop_stale(&pid_file, inst.engine.process_name(), stop_signal(inst.engine))
+            .await;
         if !self.data_dir(&inst.id).exists() {
             return Err(DbError::NotReady {
                 engine: inst.engine,
@@ -158,6 +161,27 @@ impl Databases {
             self.stop(&inst.id).await;
         }
         ready
+    }
+
+    /// Takes over a server left running by an earlier life of the node if it still answers
+    /// the administrator; false (nothing registered) when it does not.
+    async fn adopt(&self, inst: &Instance, user: EngineUser, pid: i32, admin_password: &str) -> bool {
+        let alive = match inst.engine {
+            Engine::Postgres => postgres::ping_admin(inst, admin_password).await,
+            Engine::Mysql => mysql::ping_admin(&self.data_dir(&inst.id)).await,
+            Engine::Redis => redis::ping_admin(inst, admin_password).await,
+        };
+        if alive.is_err() {
+            return false;
+        }
+        let Ok(cmd) = self.server_command(inst, user) else {
+            return false;
+        };
+        tracing::info!(database = %inst.id, pid, "adopted a running database server");
+        self.lock()
+            .entry(inst.id.clone())
+            .or_insert_with(|| Supervisor::adopt(cmd, pid));
+        true
     }
 
     /// A real login with `login` over the network and a query.
@@ -280,6 +304,19 @@ impl Databases {
     }
 
     fn launch(&self, inst: &Instance, user: EngineUser) -> Result<(), DbError> {
+        let cmd = self.server_command(inst, user)?;
+        let mut running = self.lock();
+        running
+            .entry(inst.id.clone())
+            .or_insert_with(|| Supervisor::start(cmd));
+        Ok(())
+    }
+
+    fn server_command(
+        &self,
+        inst: &Instance,
+        user: EngineUser,
+    ) -> Result<supervise::ServerCommand, DbError> {
         let data = self.data_dir(&inst.id);
         let mut cmd = match inst.engine {
             Engine::Postgres => postgres::server_command(inst, &data)?,
@@ -290,11 +327,7 @@ impl Databases {
         cmd.gid = user.gid;
         cmd.log = layout::log_file(&self.root, &inst.id);
         cmd.pid_file = layout::pid_file(&self.root, &inst.id);
-        let mut running = self.lock();
-        running
-            .entry(inst.id.clone())
-            .or_insert_with(|| Supervisor::start(cmd));
-        Ok(())
+        Ok(cmd)
     }
 
     /// Waits until the administrator gets in; fails at once, with the log tail, when the

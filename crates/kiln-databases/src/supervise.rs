@@ -20,6 +20,8 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(8);
 /// A server that ran this long before dying starts again without delay growth.
 const STABLE_RUN: Duration = Duration::from_secs(30);
+/// How often an adopted server (not our child, so no exit notification) is looked at.
+const ADOPTED_POLL: Duration = Duration::from_millis(500);
 /// How long a clean shutdown may take before the server is killed.
 const STOP_GRACE: Duration = Duration::from_secs(15);
 
@@ -59,6 +61,33 @@ impl Supervisor {
         let stop = CancellationToken::new();
         let exits = Arc::new(AtomicU32::new(0));
         let task = tokio::spawn(run(cmd, stop.clone(), exits.clone()));
+        Supervisor { stop, exits, task }
+    }
+
+    /// Takes over a server an earlier life of the node started (found by [`find_running`]):
+    /// watches it, stops it on [`Supervisor::stop`], and starts a new one if it dies. The
+    /// server keeps serving across a restart of the control plane.
+    pub fn adopt(cmd: ServerCommand, pid: i32) -> Supervisor {
+        let stop = CancellationToken::new();
+        let exits = Arc::new(AtomicU32::new(0));
+        let (token, counter) = (stop.clone(), exits.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                if !is_process(pid, cmd.process_name) {
+                    tracing::warn!(pid, log = %cmd.log.display(), "adopted database server exited; restarting");
+                    break;
+                }
+                tokio::select! {
+                    () = token.cancelled() => {
+                        stop_pid(pid, cmd.process_name, cmd.stop_signal).await;
+                        let _ = std::fs::remove_file(&cmd.pid_file);
+                        return;
+                    }
+                    () = tokio::time::sleep(ADOPTED_POLL) => {}
+                }
+            }
+            run(cmd, token, counter).await;
+        });
         Supervisor { stop, exits, task }
     }
 
@@ -152,25 +181,25 @@ async fn shut_down(child: &mut tokio::process::Child, stop_signal: Signal) {
     }
 }
 
-/// Stops a server left running by an earlier life of the node (after `kill -9` of `kiln up`),
-/// found through its pid file and recognised by its process name, so a new one can take the
-/// port and the data directory.
+/// The pid of a server left running by an earlier life of the node (after `kill -9` of
+/// `kiln up`), found through its pid file and recognised by its process name.
+pub fn find_running(pid_file: &Path, process_name: &str) -> Option<i32> {
+    let pid = std::fs::read_to_string(pid_file).ok()?.trim().parse::<i32>().ok()?;
+    is_process(pid, process_name).then_some(pid)
+}
+
+/// Stops a server left running by an earlier life of the node, if there is one, so a new one
+/// can take the port and the data directory.
 pub async fn stop_stale(pid_file: &Path, process_name: &str, stop_signal: Signal) {
-    let Ok(text) = std::fs::read_to_string(pid_file) else {
-        return;
-    };
-    let Ok(pid) = text.trim().parse::<i32>() else {
-        return;
-    };
-    if !is_process(pid, process_name) {
-        let _ = std::fs::remove_file(pid_file);
-        return;
+    if let Some(pid) = find_running(pid_file, process_name) {
+        tracing::info!(pid, process_name, "stopping a database server left by an earlier start");
+        stop_pid(pid, process_name, stop_signal).await;
     }
-    tracing::info!(
-        pid,
-        process_name,
-        "stopping a database server left by an earlier start"
-    );
+    let _ = std::fs::remove_file(pid_file);
+}
+
+/// Sends `stop_signal`, waits for the process to go, kills it after the grace period.
+async fn stop_pid(pid: i32, process_name: &str, stop_signal: Signal) {
     let pid_t = Pid::from_raw(pid);
     let _ = signal::kill(pid_t, stop_signal);
     let deadline = tokio::time::Instant::now() + STOP_GRACE;
@@ -180,7 +209,6 @@ pub async fn stop_stale(pid_file: &Path, process_name: &str, stop_signal: Signal
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let _ = std::fs::remove_file(pid_file);
 }
 
 /// Whether `pid` is a live (not zombie) process called `name`.

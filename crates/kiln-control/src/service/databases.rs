@@ -196,6 +196,13 @@ impl Service {
                 record.id, record.status
             )));
         }
+        if !self.engines().is_running(&record.id) {
+            self.wake_reconciler();
+            return Err(ApiError::unavailable(format!(
+                "database `{}` is being started on this node; retry in a moment",
+                record.id
+            )));
+        }
         let inst = instance(&record)?;
         let admin = self.open_secret(&record.admin_password)?;
         let generation = record.generation + 1;

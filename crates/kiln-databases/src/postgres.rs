@@ -46,7 +46,8 @@ pub fn template_name() -> Result<String, DbError> {
         .and_then(|p| p.file_name())
         .and_then(|n| n.to_str())
         .unwrap_or("unknown");
-    Ok(format!("postgres-{version}"))
+    // The suffix names the template's layout; a change to `build_template` bumps it.
+    Ok(format!("postgres-{version}-3"))
 }
 
 /// Builds a template in `dir`: `dir/data` from `initdb` (without fsync: the template is
@@ -76,6 +77,9 @@ pub async fn build_template(dir: &Path, user: EngineUser) -> Result<(), DbError>
             "--locale=C.UTF-8",
             "--no-sync",
             "--no-instructions",
+            // 1 MiB WAL segments instead of 16: every provision copies the template, and an
+            // empty database has no use for a 16 MiB segment.
+            "--wal-segsize=1",
         ],
         Some(user),
         None,
@@ -89,10 +93,30 @@ pub async fn build_template(dir: &Path, user: EngineUser) -> Result<(), DbError>
     std::fs::write(data.join("pg_hba.conf"), hba)
         .map_err(|e| DbError::io("write pg_hba.conf", e))?;
     layout::chown_tree(&data.join("pg_hba.conf"), user)?;
+    // The owner role and the app's database exist in the template already (renamed per
+    // instance), so a provision does not pay for CREATE DATABASE. Single-user mode needs no
+    // server, port or login.
+    let data_s = data.display().to_string();
+    layout::run(
+        &bin.join("postgres"),
+        &["--single", "-D", &data_s, "-c", "exit_on_error=true", "postgres"],
+        Some(user),
+        Some(&format!(
+            "CREATE ROLE {OWNER_ROLE} NOLOGIN\n\
+             CREATE DATABASE {TEMPLATE_DB} OWNER {OWNER_ROLE}\n\
+             REVOKE ALL ON DATABASE {TEMPLATE_DB} FROM PUBLIC\n\
+             REVOKE ALL ON DATABASE postgres FROM PUBLIC\n\
+             REVOKE ALL ON DATABASE template1 FROM PUBLIC\n"
+        )),
+    )
+    .await?;
     std::fs::write(dir.join("admin-password"), &password)
         .map_err(|e| DbError::io("write the template password", e))?;
     Ok(())
 }
+
+/// The app database as the template has it, renamed to the instance's database name.
+const TEMPLATE_DB: &str = "kiln_app";
 
 /// The template's superuser password.
 pub fn template_password(template: &Path) -> Result<String, DbError> {
@@ -223,8 +247,8 @@ async fn admin_batch(
     Ok(())
 }
 
-/// First setup of a fresh copy of the template: a new superuser password, the owner role,
-/// the database and the first login.
+/// First setup of a fresh copy of the template, in one session: a new superuser password,
+/// the database renamed to its name, the first login.
 pub async fn bootstrap(
     inst: &Instance,
     template_password: &str,
@@ -233,45 +257,46 @@ pub async fn bootstrap(
 ) -> Result<(), DbError> {
     plain("admin password", admin_password)?;
     plain("database name", &inst.database)?;
-    let db = &inst.database;
+    let mut statements = vec![format!(
+        "ALTER ROLE {ADMIN_USER} PASSWORD '{admin_password}'"
+    )];
+    if inst.database != TEMPLATE_DB {
+        statements.push(format!(
+            "ALTER DATABASE {TEMPLATE_DB} RENAME TO \"{}\"",
+            inst.database
+        ));
+    }
+    statements.extend(login_statements(inst, login)?);
     admin_batch(
         inst,
         template_password,
         "postgres",
         "setting up the instance",
-        &[
-            format!("ALTER ROLE {ADMIN_USER} PASSWORD '{admin_password}'"),
-            format!("CREATE ROLE {OWNER_ROLE} NOLOGIN"),
-            format!("CREATE DATABASE \"{db}\" OWNER {OWNER_ROLE}"),
-            format!("REVOKE ALL ON DATABASE \"{db}\" FROM PUBLIC"),
-            "REVOKE ALL ON DATABASE postgres FROM PUBLIC".into(),
-            "REVOKE ALL ON DATABASE template1 FROM PUBLIC".into(),
-        ],
+        &statements,
     )
-    .await?;
-    add_login(inst, admin_password, login).await
+    .await
 }
 
-/// Creates login role `login` that acts as the owner role.
-pub async fn add_login(
-    inst: &Instance,
-    admin_password: &str,
-    login: &Login,
-) -> Result<(), DbError> {
+fn login_statements(inst: &Instance, login: &Login) -> Result<Vec<String>, DbError> {
     plain("user", &login.user)?;
     plain("password", &login.password)?;
     let (user, password) = (&login.user, &login.password);
+    Ok(vec![format!(
+        "CREATE ROLE {user} LOGIN PASSWORD '{password}' IN ROLE {OWNER_ROLE};
+         ALTER ROLE {user} SET role = {OWNER_ROLE};
+         GRANT CONNECT, TEMPORARY ON DATABASE \"{db}\" TO {user};",
+        db = inst.database
+    )])
+}
+
+/// Creates login role `login` that acts as the owner role.
+pub async fn add_login(inst: &Instance, admin_password: &str, login: &Login) -> Result<(), DbError> {
     admin_batch(
         inst,
         admin_password,
         "postgres",
         "creating a login",
-        &[format!(
-            "CREATE ROLE {user} LOGIN PASSWORD '{password}' IN ROLE {OWNER_ROLE};
-             ALTER ROLE {user} SET role = {OWNER_ROLE};
-             GRANT CONNECT, TEMPORARY ON DATABASE \"{db}\" TO {user};",
-            db = inst.database
-        )],
+        &login_statements(inst, login)?,
     )
     .await
 }

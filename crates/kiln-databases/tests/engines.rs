@@ -41,6 +41,24 @@ fn kiln_store_like_id(engine: Engine) -> String {
     format!("db_test_{}_{}", engine, std::process::id())
 }
 
+/// Kills whatever server an instance still runs when a test ends, passing or failing, so a
+/// failed assertion leaves no process behind.
+struct KillOnDrop(std::path::PathBuf);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = std::fs::read_to_string(&self.0)
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
 fn login(generation: u32) -> Login {
     Login {
         user: login_user(generation),
@@ -71,6 +89,7 @@ async fn lifecycle(engine: Engine) {
     let inst = instance(engine);
     let admin = new_password();
     let first = login(1);
+    let _cleanup = KillOnDrop(layout::pid_file(dbs.root(), &inst.id));
 
     let started = Instant::now();
     dbs.provision(&inst, &admin, &first)
@@ -214,6 +233,7 @@ async fn postgres_objects_survive_rotation() {
     let inst = instance(Engine::Postgres);
     let admin = new_password();
     let (first, second) = (login(1), login(2));
+    let _cleanup = KillOnDrop(layout::pid_file(dbs.root(), &inst.id));
     dbs.provision(&inst, &admin, &first)
         .await
         .expect("provision");

@@ -83,6 +83,7 @@ fn pid_alive(pid: &str) -> bool {
 }
 
 /// The `org_services` set of the firewall: the (bridge, port) doors open to one org.
+#[allow(clippy::disallowed_methods)] // The test reads the host's firewall as an operator would.
 fn org_doors() -> String {
     std::process::Command::new("nft")
         .args(["list", "set", "inet", "kiln", "org_services"])
@@ -120,7 +121,11 @@ async fn postgres_from_sandbox_to_production() {
         )
         .await,
     );
-    assert_eq!((p.status, p.field.as_deref()), (400, Some("engine")), "{p:?}");
+    assert_eq!(
+        (p.status, p.field.as_deref()),
+        (400, Some("engine")),
+        "{p:?}"
+    );
     for bad in ["Main", "my-db", "postgres", ""] {
         let p = problem(
             api.create_database(
@@ -133,7 +138,11 @@ async fn postgres_from_sandbox_to_production() {
             )
             .await,
         );
-        assert_eq!((p.status, p.field.as_deref()), (400, Some("name")), "{bad}: {p:?}");
+        assert_eq!(
+            (p.status, p.field.as_deref()),
+            (400, Some("name")),
+            "{bad}: {p:?}"
+        );
     }
 
     // --- 1. create managed Postgres (CLI) ----------------------------------------------------
@@ -142,7 +151,10 @@ async fn postgres_from_sandbox_to_production() {
     ]));
     assert_eq!(created["status"], "healthy", "{created}");
     let db_id = created["id"].as_str().expect("id").to_owned();
-    let url = created["url"].as_str().expect("the URL is shown on create").to_owned();
+    let url = created["url"]
+        .as_str()
+        .expect("the URL is shown on create")
+        .to_owned();
     assert!(url.starts_with("postgres://app1:"), "{url}");
     let p = problem(
         api.create_database(
@@ -157,12 +169,22 @@ async fn postgres_from_sandbox_to_production() {
     );
     assert_eq!((p.status, p.field.as_deref()), (409, Some("name")), "{p:?}");
     let shown = api.database(&db_id, 0).await.expect("read");
-    assert!(shown.url.is_none() && !shown.url_masked.contains(&url[20..30]), "reads never show the password");
+    assert!(
+        shown.url.is_none() && !shown.url_masked.contains(&url[20..30]),
+        "reads never show the password"
+    );
     assert_eq!(shown.env, vec!["DATABASE_URL", "DATABASE_URL_MAIN"]);
     for file in ["kiln.db", "kiln.db-wal"] {
         let bytes = std::fs::read(kiln.data_dir().join(file)).unwrap_or_default();
-        let password = url.split(':').nth(2).and_then(|s| s.split('@').next()).expect("password");
-        assert!(!String::from_utf8_lossy(&bytes).contains(password), "sealed at rest ({file})");
+        let password = url
+            .split(':')
+            .nth(2)
+            .and_then(|s| s.split('@').next())
+            .expect("password");
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(password),
+            "sealed at rest ({file})"
+        );
     }
 
     // --- 2. linked into the sandbox at boot; DATABASE_URL authenticates ------------------------
@@ -172,16 +194,34 @@ async fn postgres_from_sandbox_to_production() {
         .expect("sandbox")
         .id;
     assert_eq!(sh_ok(&api, &sbx, "printenv DATABASE_URL").await.trim(), url);
-    assert_eq!(sh_ok(&api, &sbx, "printenv DATABASE_URL_MAIN").await.trim(), url);
-    assert_eq!(sh_ok(&api, &sbx, r#"psql "$DATABASE_URL" -XAtc 'SELECT 1'"#).await.trim(), "1");
+    assert_eq!(
+        sh_ok(&api, &sbx, "printenv DATABASE_URL_MAIN").await.trim(),
+        url
+    );
+    assert_eq!(
+        sh_ok(&api, &sbx, r#"psql "$DATABASE_URL" -XAtc 'SELECT 1'"#)
+            .await
+            .trim(),
+        "1"
+    );
     let wrong = sh(&api, &sbx, r#"psql "$(echo "$DATABASE_URL" | sed 's/:[A-Za-z0-9]*@/:wrongpassword@/')" -XAtc 'SELECT 1'"#).await;
     assert_ne!(wrong.exit_code, 0, "a wrong password is refused");
-    assert!(wrong.stderr.contains("password authentication failed"), "{}", wrong.stderr);
+    assert!(
+        wrong.stderr.contains("password authentication failed"),
+        "{}",
+        wrong.stderr
+    );
 
     // --- 3. a migration and a query from the sandbox ------------------------------------------
     sh_ok(&api, &sbx, r#"psql "$DATABASE_URL" -Xq -v ON_ERROR_STOP=1 -c 'CREATE TABLE notes (id serial PRIMARY KEY, body text NOT NULL)' -c "INSERT INTO notes (body) VALUES ('from the sandbox')""#).await;
     assert_eq!(
-        sh_ok(&api, &sbx, r#"psql "$DATABASE_URL" -XAtc 'SELECT body FROM notes'"#).await.trim(),
+        sh_ok(
+            &api,
+            &sbx,
+            r#"psql "$DATABASE_URL" -XAtc 'SELECT body FROM notes'"#
+        )
+        .await
+        .trim(),
         "from the sandbox"
     );
 
@@ -200,7 +240,10 @@ async fn postgres_from_sandbox_to_production() {
     .await
     .expect("dev server");
     let preview = api.preview("notes", 8000, 30).await.expect("preview").url;
-    assert_eq!(post(&http, &format!("{preview}/notes"), "from the preview").await, 201);
+    assert_eq!(
+        post(&http, &format!("{preview}/notes"), "from the preview").await,
+        201
+    );
     assert_eq!(
         get(&http, &format!("{preview}/notes")).await,
         (200, "from the sandbox\nfrom the preview\n".into())
@@ -208,16 +251,28 @@ async fn postgres_from_sandbox_to_production() {
 
     // --- 5. publish, 6. the deployed app reads and writes the same database --------------------
     let release = cli_json(&kiln.cli(&[
-        "--json", "publish", "notes", "--start", "python3 app.py", "--port", "8000",
+        "--json",
+        "publish",
+        "notes",
+        "--start",
+        "python3 app.py",
+        "--port",
+        "8000",
     ]));
     let version = release["version"].as_str().expect("version").to_owned();
     let deployed = cli_json(&kiln.cli(&["--json", "deploy", "notes", "--release", &version]));
     assert_eq!(deployed["live"], true, "{deployed}");
     let production = app.urls.production.clone();
-    assert_eq!(post(&http, &format!("{production}/notes"), "from production").await, 201);
+    assert_eq!(
+        post(&http, &format!("{production}/notes"), "from production").await,
+        201
+    );
     assert_eq!(
         get(&http, &format!("{production}/notes")).await,
-        (200, "from the sandbox\nfrom the preview\nfrom production\n".into())
+        (
+            200,
+            "from the sandbox\nfrom the preview\nfrom production\n".into()
+        )
     );
 
     // --- another org's machine cannot connect ----------------------------------------------------
@@ -234,7 +289,10 @@ async fn postgres_from_sandbox_to_production() {
     let token = api.create_token(&other.id, "t").await.expect("token").token;
     let foreign = kiln.client_with(&token);
     foreign
-        .create_app(&AppConfig { name: "Intruder".into(), slug: None })
+        .create_app(&AppConfig {
+            name: "Intruder".into(),
+            slug: None,
+        })
         .await
         .expect("other app");
     let foreign_sbx = foreign
@@ -246,9 +304,22 @@ async fn postgres_from_sandbox_to_production() {
         "python3 -c \"import socket; socket.create_connection(('{host}', {port}), timeout=3); print('connected')\""
     );
     let out = sh(&foreign, &foreign_sbx, &probe).await;
-    assert_ne!(out.exit_code, 0, "another org's machine reached the database: {}", out.stdout);
-    assert_eq!(sh(&api, &sbx, &probe).await.stdout.trim(), "connected", "the org's own machine connects");
-    assert!(sh(&foreign, &foreign_sbx, "printenv DATABASE_URL").await.stdout.is_empty());
+    assert_ne!(
+        out.exit_code, 0,
+        "another org's machine reached the database: {}",
+        out.stdout
+    );
+    assert_eq!(
+        sh(&api, &sbx, &probe).await.stdout.trim(),
+        "connected",
+        "the org's own machine connects"
+    );
+    assert!(
+        sh(&foreign, &foreign_sbx, "printenv DATABASE_URL")
+            .await
+            .stdout
+            .is_empty()
+    );
 
     // --- after kill -9 of the platform the database comes back with its data ---------------------
     let data_dir = kiln.data_dir().join("databases").join(&db_id).join("data");
@@ -261,7 +332,11 @@ async fn postgres_from_sandbox_to_production() {
         if status == 200 && text.contains("from production") {
             break;
         }
-        assert!(Instant::now() < deadline, "production did not come back: {status} {text}\n{}", kiln.log_tail());
+        assert!(
+            Instant::now() < deadline,
+            "production did not come back: {status} {text}\n{}",
+            kiln.log_tail()
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 
@@ -269,8 +344,13 @@ async fn postgres_from_sandbox_to_production() {
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let hammer = {
-        let (http, url, stop, ok, failed) =
-            (http.clone(), format!("{production}/notes"), stop.clone(), ok.clone(), failed.clone());
+        let (http, url, stop, ok, failed) = (
+            http.clone(),
+            format!("{production}/notes"),
+            stop.clone(),
+            ok.clone(),
+            failed.clone(),
+        );
         tokio::spawn(async move {
             let mut failures = Vec::new();
             while !stop.load(Ordering::SeqCst) {
@@ -300,34 +380,66 @@ async fn postgres_from_sandbox_to_production() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::SeqCst);
     let failures = hammer.await.expect("client loop");
-    assert!(failures.is_empty(), "requests failed during rotation: {failures:?}");
+    assert!(
+        failures.is_empty(),
+        "requests failed during rotation: {failures:?}"
+    );
     assert!(ok.load(Ordering::SeqCst) > 5, "the loop made requests");
     assert_eq!(failed.load(Ordering::SeqCst), 0);
-    let new_url = rotated["database"]["url"].as_str().expect("new URL").to_owned();
+    let new_url = rotated["database"]["url"]
+        .as_str()
+        .expect("new URL")
+        .to_owned();
     assert!(new_url.starts_with("postgres://app2:"), "{rotated}");
     assert_eq!(rotated["revoked_user"], "app1");
-    assert_eq!(post(&http, &format!("{production}/notes"), "after rotation").await, 201);
+    assert_eq!(
+        post(&http, &format!("{production}/notes"), "after rotation").await,
+        201
+    );
     // The sandbox was restarted with the new URL; the old one no longer logs in.
     let sandbox = api.sandbox(&sbx, 120).await.expect("sandbox back");
     assert_eq!(sandbox.status, kiln_api::sandboxes::SandboxStatus::Running);
-    assert_eq!(sh_ok(&api, &sbx, "printenv DATABASE_URL").await.trim(), new_url);
+    assert_eq!(
+        sh_ok(&api, &sbx, "printenv DATABASE_URL").await.trim(),
+        new_url
+    );
     let old = sh(&api, &sbx, &format!("psql '{url}' -XAtc 'SELECT 1'")).await;
     assert_ne!(old.exit_code, 0, "the old credential is revoked");
-    assert!(sh_ok(&api, &sbx, r#"psql "$DATABASE_URL" -XAtc 'SELECT count(*) FROM notes'"#).await.trim() == "4");
+    assert!(
+        sh_ok(
+            &api,
+            &sbx,
+            r#"psql "$DATABASE_URL" -XAtc 'SELECT count(*) FROM notes'"#
+        )
+        .await
+        .trim()
+            == "4"
+    );
 
     // --- 7. cleanup: no process, data dir, credential or firewall door left ----------------------
-    let pid = std::fs::read_to_string(kiln.data_dir().join("databases").join(&db_id).join("server.pid"))
-        .expect("pid file");
+    let pid = std::fs::read_to_string(
+        kiln.data_dir()
+            .join("databases")
+            .join(&db_id)
+            .join("server.pid"),
+    )
+    .expect("pid file");
     assert!(pid_alive(&pid));
     assert!(org_doors().contains(&port.to_string()));
     let deleted = cli_json(&kiln.cli(&["--json", "db", "delete", &db_id]));
     assert_eq!(deleted["status"], "deleted", "{deleted}");
     assert_eq!(deleted["detached_apps"][0]["slug"], "notes", "{deleted}");
     let machines = deleted["detached_apps"][0]["machines"].to_string();
-    assert!(machines.contains("sandbox") && machines.contains("deployment"), "{deleted}");
+    assert!(
+        machines.contains("sandbox") && machines.contains("deployment"),
+        "{deleted}"
+    );
     assert!(!pid_alive(&pid), "the server process is gone");
     assert!(!data_dir.exists(), "the data dir is gone");
-    assert!(!org_doors().contains(&port.to_string()), "the firewall door is closed");
+    assert!(
+        !org_doors().contains(&port.to_string()),
+        "the firewall door is closed"
+    );
     assert_eq!(problem(api.database(&db_id, 0).await).status, 404);
     let gone = sh(&api, &sbx, &format!("psql '{new_url}' -XAtc 'SELECT 1'")).await;
     assert_ne!(gone.exit_code, 0, "no credential works any more");
@@ -360,7 +472,12 @@ async fn mysql_and_redis_reach_the_sandbox() {
             )
             .await
             .expect("create");
-        assert_eq!(db.status, DatabaseStatus::Healthy, "{engine}: {:?}", db.error);
+        assert_eq!(
+            db.status,
+            DatabaseStatus::Healthy,
+            "{engine}: {:?}",
+            db.error
+        );
         ids.push((engine, db.id.clone(), db.url.clone().expect("url")));
     }
     // A second Redis gets its own variable; the first keeps REDIS_URL.
@@ -383,17 +500,39 @@ async fn mysql_and_redis_reach_the_sandbox() {
         .id;
     let mysql_url = &ids[0].2;
     let redis_url = &ids[1].2;
-    assert_eq!(sh_ok(&api, &sbx, "printenv MYSQL_URL").await.trim(), mysql_url);
-    assert_eq!(sh_ok(&api, &sbx, "printenv REDIS_URL").await.trim(), redis_url);
-    assert_eq!(sh_ok(&api, &sbx, "printenv REDIS_URL_CACHE").await.trim(), cache.url.clone().expect("url"));
+    assert_eq!(
+        sh_ok(&api, &sbx, "printenv MYSQL_URL").await.trim(),
+        mysql_url
+    );
+    assert_eq!(
+        sh_ok(&api, &sbx, "printenv REDIS_URL").await.trim(),
+        redis_url
+    );
+    assert_eq!(
+        sh_ok(&api, &sbx, "printenv REDIS_URL_CACHE").await.trim(),
+        cache.url.clone().expect("url")
+    );
     let mysql = |url: &str, sql: &str| {
         format!(
             "python3 -c \"import os,urllib.parse as u; p=u.urlparse('{url}'); \
              os.execvp('mariadb',['mariadb','-h',p.hostname,'-P',str(p.port),'-u',p.username,'-p'+p.password,p.path[1:],'-N','-e','{sql}'])\""
         )
     };
-    sh_ok(&api, &sbx, &mysql(mysql_url, "CREATE TABLE t (v INT); INSERT INTO t VALUES (42)")).await;
-    assert_eq!(sh_ok(&api, &sbx, &mysql(mysql_url, "SELECT v FROM t")).await.trim(), "42");
+    sh_ok(
+        &api,
+        &sbx,
+        &mysql(
+            mysql_url,
+            "CREATE TABLE t (v INT); INSERT INTO t VALUES (42)",
+        ),
+    )
+    .await;
+    assert_eq!(
+        sh_ok(&api, &sbx, &mysql(mysql_url, "SELECT v FROM t"))
+            .await
+            .trim(),
+        "42"
+    );
     let wrong_mysql = {
         let (head, tail) = mysql_url.split_at(mysql_url.find('@').expect("@"));
         let user_end = head.rfind(':').expect(":");
@@ -401,20 +540,50 @@ async fn mysql_and_redis_reach_the_sandbox() {
     };
     let refused = sh(&api, &sbx, &mysql(&wrong_mysql, "SELECT 1")).await;
     assert_ne!(refused.exit_code, 0);
-    assert!(refused.stderr.contains("Access denied"), "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("Access denied"),
+        "{}",
+        refused.stderr
+    );
     assert_eq!(sh_ok(&api, &sbx, r#"redis-cli --no-auth-warning -u "$REDIS_URL" SET k v >/dev/null && redis-cli --no-auth-warning -u "$REDIS_URL" GET k"#).await.trim(), "v");
     let refused = sh(&api, &sbx, r#"redis-cli --no-auth-warning -u "$(echo "$REDIS_URL" | sed 's/:[A-Za-z0-9]*@/:wrongpassword@/')" PING"#).await;
-    assert!(!refused.stdout.contains("PONG"), "{} {}", refused.stdout, refused.stderr);
-    assert!(format!("{}{}", refused.stdout, refused.stderr).contains("WRONGPASS"), "{} {}", refused.stdout, refused.stderr);
+    assert!(
+        !refused.stdout.contains("PONG"),
+        "{} {}",
+        refused.stdout,
+        refused.stderr
+    );
+    assert!(
+        format!("{}{}", refused.stdout, refused.stderr).contains("WRONGPASS"),
+        "{} {}",
+        refused.stdout,
+        refused.stderr
+    );
     // Redis app users may not administer the server.
-    let admin = sh(&api, &sbx, r#"redis-cli --no-auth-warning -u "$REDIS_URL" CONFIG GET dir"#).await;
-    assert!(format!("{}{}", admin.stdout, admin.stderr).contains("NOPERM"), "{}", admin.stdout);
+    let admin = sh(
+        &api,
+        &sbx,
+        r#"redis-cli --no-auth-warning -u "$REDIS_URL" CONFIG GET dir"#,
+    )
+    .await;
+    assert!(
+        format!("{}{}", admin.stdout, admin.stderr).contains("NOPERM"),
+        "{}",
+        admin.stdout
+    );
 
     for (engine, id, _) in &ids {
         let deleted = api.delete_database(id).await.expect("delete");
         assert_eq!(deleted.status, DatabaseStatus::Deleted, "{engine}");
-        assert_eq!(deleted.detached_apps.len(), 1, "{engine}: the sandbox used it");
-        assert!(!kiln.data_dir().join("databases").join(id).exists(), "{engine} data gone");
+        assert_eq!(
+            deleted.detached_apps.len(),
+            1,
+            "{engine}: the sandbox used it"
+        );
+        assert!(
+            !kiln.data_dir().join("databases").join(id).exists(),
+            "{engine} data gone"
+        );
     }
     api.delete_database(&cache.id).await.expect("delete cache");
 }

@@ -142,8 +142,12 @@ impl Databases {
         {
             return Ok(());
         }
-        supervise::stop_stale(&pid_file, inst.engine.process_name(), stop_signal(inst.engine))
-            .await;
+        supervise::stop_stale(
+            &pid_file,
+            inst.engine.process_name(),
+            stop_signal(inst.engine),
+        )
+        .await;
         if !self.data_dir(&inst.id).exists() {
             return Err(DbError::NotReady {
                 engine: inst.engine,
@@ -165,7 +169,13 @@ impl Databases {
 
     /// Takes over a server left running by an earlier life of the node if it still answers
     /// the administrator; false (nothing registered) when it does not.
-    async fn adopt(&self, inst: &Instance, user: EngineUser, pid: i32, admin_password: &str) -> bool {
+    async fn adopt(
+        &self,
+        inst: &Instance,
+        user: EngineUser,
+        pid: i32,
+        admin_password: &str,
+    ) -> bool {
         let alive = match inst.engine {
             Engine::Postgres => postgres::ping_admin(inst, admin_password).await,
             Engine::Mysql => mysql::ping_admin(&self.data_dir(&inst.id)).await,

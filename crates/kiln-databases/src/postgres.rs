@@ -99,7 +99,14 @@ pub async fn build_template(dir: &Path, user: EngineUser) -> Result<(), DbError>
     let data_s = data.display().to_string();
     layout::run(
         &bin.join("postgres"),
-        &["--single", "-D", &data_s, "-c", "exit_on_error=true", "postgres"],
+        &[
+            "--single",
+            "-D",
+            &data_s,
+            "-c",
+            "exit_on_error=true",
+            "postgres",
+        ],
         Some(user),
         Some(&format!(
             "CREATE ROLE {OWNER_ROLE} NOLOGIN\n\
@@ -290,7 +297,11 @@ fn login_statements(inst: &Instance, login: &Login) -> Result<Vec<String>, DbErr
 }
 
 /// Creates login role `login` that acts as the owner role.
-pub async fn add_login(inst: &Instance, admin_password: &str, login: &Login) -> Result<(), DbError> {
+pub async fn add_login(
+    inst: &Instance,
+    admin_password: &str,
+    login: &Login,
+) -> Result<(), DbError> {
     admin_batch(
         inst,
         admin_password,

@@ -184,7 +184,11 @@ async fn shut_down(child: &mut tokio::process::Child, stop_signal: Signal) {
 /// The pid of a server left running by an earlier life of the node (after `kill -9` of
 /// `kiln up`), found through its pid file and recognised by its process name.
 pub fn find_running(pid_file: &Path, process_name: &str) -> Option<i32> {
-    let pid = std::fs::read_to_string(pid_file).ok()?.trim().parse::<i32>().ok()?;
+    let pid = std::fs::read_to_string(pid_file)
+        .ok()?
+        .trim()
+        .parse::<i32>()
+        .ok()?;
     is_process(pid, process_name).then_some(pid)
 }
 
@@ -192,7 +196,11 @@ pub fn find_running(pid_file: &Path, process_name: &str) -> Option<i32> {
 /// can take the port and the data directory.
 pub async fn stop_stale(pid_file: &Path, process_name: &str, stop_signal: Signal) {
     if let Some(pid) = find_running(pid_file, process_name) {
-        tracing::info!(pid, process_name, "stopping a database server left by an earlier start");
+        tracing::info!(
+            pid,
+            process_name,
+            "stopping a database server left by an earlier start"
+        );
         stop_pid(pid, process_name, stop_signal).await;
     }
     let _ = std::fs::remove_file(pid_file);

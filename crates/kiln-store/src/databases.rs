@@ -158,13 +158,20 @@ impl Store {
                 .await?
             }
             None => {
-                sqlx::query(concat!("SELECT ", columns!(), " FROM databases WHERE id = $1"))
-                    .bind(id)
-                    .fetch_optional(&self.pool)
-                    .await?
+                sqlx::query(concat!(
+                    "SELECT ",
+                    columns!(),
+                    " FROM databases WHERE id = $1"
+                ))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?
             }
         };
-        row.as_ref().map(from_row).transpose()?.ok_or(StoreError::NotFound)
+        row.as_ref()
+            .map(from_row)
+            .transpose()?
+            .ok_or(StoreError::NotFound)
     }
 
     /// The app's databases, oldest first.
@@ -182,9 +189,13 @@ impl Store {
 
     /// Every database (the reconciler's view).
     pub async fn list_all_databases(&self) -> Result<Vec<DatabaseRecord>> {
-        let rows = sqlx::query(concat!("SELECT ", columns!(), " FROM databases ORDER BY id"))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM databases ORDER BY id"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(from_row).collect()
     }
 

@@ -327,7 +327,12 @@ impl Service {
         let mut restarted = Vec::new();
         for sandbox in self
             .store()
-            .list_sandboxes(&record.org_id, Some(&record.app_id), None, kiln_store::MAX_PAGE)
+            .list_sandboxes(
+                &record.org_id,
+                Some(&record.app_id),
+                None,
+                kiln_store::MAX_PAGE,
+            )
             .await?
         {
             if sandbox.desired != Desired::Running || sandbox.status != "running" {
@@ -513,7 +518,16 @@ mod tests {
         for good in ["main", "a", "cache_2", "x123456789012345678901234567890y"] {
             assert!(validate_name(good).is_ok(), "{good}");
         }
-        for bad in ["", "Main", "1db", "my-db", "a b", "postgres", "mysql", "x12345678901234567890123456789012"] {
+        for bad in [
+            "",
+            "Main",
+            "1db",
+            "my-db",
+            "a b",
+            "postgres",
+            "mysql",
+            "x12345678901234567890123456789012",
+        ] {
             let err = validate_name(bad).expect_err(bad);
             assert_eq!(err.problem().field.as_deref(), Some("name"));
         }

@@ -153,6 +153,10 @@ pub fn server_command(inst: &Instance, data: &Path) -> Result<ServerCommand, DbE
         "password_encryption=scram-sha-256".into(),
         "-c".into(),
         "logging_collector=off".into(),
+        // A failed `ALTER ROLE … PASSWORD` must not copy its statement, password included,
+        // into the log whose tail the API shows.
+        "-c".into(),
+        "log_min_error_statement=panic".into(),
         "-c".into(),
         "fsync=on".into(),
     ];

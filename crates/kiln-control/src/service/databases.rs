@@ -513,6 +513,46 @@ fn database_view(record: &DatabaseRecord, env: Vec<String>) -> ApiResult<Databas
 mod tests {
     use super::*;
 
+    fn record(id: &str, engine: &str, name: &str, status: &str) -> DatabaseRecord {
+        DatabaseRecord {
+            id: id.into(),
+            org_id: "org_1".into(),
+            app_id: "app_1".into(),
+            name: name.into(),
+            engine: engine.into(),
+            host: "10.88.0.1".into(),
+            port: 20000,
+            desired: Desired::Running,
+            status: status.into(),
+            error: None,
+            login_user: "app1".into(),
+            login_password: String::new(),
+            generation: 1,
+            admin_password: String::new(),
+            retired_user: None,
+            created_at: chrono::Utc::now(),
+            updated_at: chrono::Utc::now(),
+        }
+    }
+
+    #[test]
+    fn variables_per_database() {
+        let records = [
+            record("db_1", "postgres", "main", "healthy"),
+            record("db_2", "postgres", "analytics", "healthy"),
+            record("db_3", "redis", "cache", "provisioning"),
+            record("db_4", "mysql", "legacy", "healthy"),
+        ];
+        let names = env_names(&records);
+        assert_eq!(names["db_1"], vec!["DATABASE_URL", "DATABASE_URL_MAIN"]);
+        assert_eq!(names["db_2"], vec!["DATABASE_URL_ANALYTICS"]);
+        assert!(
+            !names.contains_key("db_3"),
+            "a URL that does not work yet is not handed out"
+        );
+        assert_eq!(names["db_4"], vec!["MYSQL_URL", "MYSQL_URL_LEGACY"]);
+    }
+
     #[test]
     fn names() {
         for good in ["main", "a", "cache_2", "x123456789012345678901234567890y"] {

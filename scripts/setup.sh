@@ -8,8 +8,10 @@ packages=(
     mmdebstrap debian-archive-keyring     # building machine images
     ca-certificates curl python3          # tests and tools
     python3-venv                          # the S3 test's boto3 venv
-    postgresql                            # the store's PostgreSQL test run
     e2fsprogs                             # VM workspace volumes (mkfs.ext4)
+    postgresql                            # the store's PostgreSQL test run; managed databases
+    mariadb-server mariadb-client         # managed MySQL databases (MariaDB)
+    redis-server                          # managed Redis databases
 )
 
 if [[ $(id -u) -ne 0 ]]; then
@@ -27,7 +29,28 @@ done
 if ((${#missing[@]})); then
     echo "setup: installing ${missing[*]}" >&2
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # Kiln runs one server per managed database itself; the packages' default instances must
+    # not start (they would hold the default ports and run with the packages' settings).
+    # policy-rc.d tells invoke-rc.d not to start services during this install.
+    policy=/usr/sbin/policy-rc.d
+    own_policy=false
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && own_policy=true
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+        || { $own_policy && rm -f "$policy"; exit 1; }
+    $own_policy && rm -f "$policy"
 fi
+
+# Stop and disable the packages' default database instances, whether this run installed them
+# or an earlier one did (idempotent; Kiln's own instances are not services).
+for service in postgresql mariadb redis-server; do
+    if [[ -d /run/systemd/system ]]; then
+        systemctl disable --now "$service" >/dev/null 2>&1 || true
+    else
+        service "$service" stop >/dev/null 2>&1 || true
+        update-rc.d "$service" disable >/dev/null 2>&1 || true
+    fi
+done
 
 command -v cargo >/dev/null || { echo "setup: a Rust toolchain (cargo) is required" >&2; exit 1; }

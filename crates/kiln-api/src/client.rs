@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::apps::{App, AppConfig, Preview, PreviewConfig};
+use crate::databases::{Database, DatabaseConfig, DatabaseDeleted, Rotated};
 use crate::orgs::{Node, Org, OrgConfig, OrgUpdate, TokenConfig, TokenCreated};
 use crate::problem::Problem;
 use crate::sandboxes::{
@@ -376,6 +377,42 @@ impl Client {
     ) -> Result<Sandbox, ClientError> {
         self.post(&format!("/v1/apps/{app}/sandboxes?wait={wait_s}"), config)
             .await
+    }
+
+    /// `POST /v1/apps/{app}/databases`, waiting up to `wait_s` for a final status.
+    pub async fn create_database(
+        &self,
+        app: &str,
+        config: &DatabaseConfig,
+        wait_s: u64,
+    ) -> Result<Database, ClientError> {
+        self.post(&format!("/v1/apps/{app}/databases?wait={wait_s}"), config)
+            .await
+    }
+
+    /// `GET /v1/apps/{app}/databases`.
+    pub async fn databases(&self, app: &str) -> Result<List<Database>, ClientError> {
+        self.get(&format!("/v1/apps/{app}/databases")).await
+    }
+
+    /// `GET /v1/databases/{db}`, waiting up to `wait_s` for a final status.
+    pub async fn database(&self, db: &str, wait_s: u64) -> Result<Database, ClientError> {
+        self.get(&format!("/v1/databases/{db}?wait={wait_s}")).await
+    }
+
+    /// `DELETE /v1/databases/{db}`: answers which apps lose it.
+    pub async fn delete_database(&self, db: &str) -> Result<DatabaseDeleted, ClientError> {
+        self.json(self.request(Method::DELETE, &format!("/v1/databases/{db}")))
+            .await
+    }
+
+    /// `POST /v1/databases/{db}/credentials/rotate`.
+    pub async fn rotate_database(&self, db: &str) -> Result<Rotated, ClientError> {
+        self.post(
+            &format!("/v1/databases/{db}/credentials/rotate"),
+            &serde_json::json!({}),
+        )
+        .await
     }
 
     /// `GET /v1/apps/{app}/sandboxes`.

@@ -6,6 +6,7 @@ pub mod apps;
 pub mod buckets;
 pub mod client;
 pub mod cron;
+pub mod databases;
 pub mod edge;
 pub mod orgs;
 pub mod problem;

@@ -122,6 +122,9 @@ pub enum Command {
     /// Scheduled jobs run from an app's live release.
     #[command(subcommand)]
     Cron(CronCommand),
+    /// Managed databases (PostgreSQL, MySQL, Redis) of an app.
+    #[command(subcommand)]
+    Db(DbCommand),
     /// Nodes and their drivers.
     Nodes,
 }
@@ -377,5 +380,44 @@ pub enum CronCommand {
     Delete {
         /// Job id.
         job: String,
+    },
+}
+
+/// `kiln db …`.
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Create a database; prints its URL (with the password, shown only now).
+    Create {
+        /// App id or slug.
+        app: String,
+        /// `postgres`, `mysql` or `redis`.
+        #[arg(long)]
+        engine: String,
+        /// Name within the app (default: `main`).
+        #[arg(long, default_value = "main")]
+        name: String,
+        /// Seconds to wait for it to be healthy.
+        #[arg(long, default_value_t = 60)]
+        wait: u64,
+    },
+    /// List an app's databases (URLs masked).
+    List {
+        /// App id or slug.
+        app: String,
+    },
+    /// Show one database (URL masked).
+    Show {
+        /// Database id.
+        db: String,
+    },
+    /// Delete a database: its server, data and credentials. Says which apps lose it.
+    Delete {
+        /// Database id.
+        db: String,
+    },
+    /// Issue a new credential, restart the app's machines with it, revoke the old one.
+    Rotate {
+        /// Database id.
+        db: String,
     },
 }

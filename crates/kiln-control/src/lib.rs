@@ -109,6 +109,8 @@ impl Platform {
             sealer: secrets::Sealer::load_or_create(&config.data_dir.join("secrets.key"))
                 .context("load the secrets key")?,
             s3,
+            engines: kiln_databases::Databases::open(config.data_dir.join("databases"))
+                .context("open the database instances directory")?,
         });
         let generated_operator_token = service
             .bootstrap()
@@ -193,6 +195,7 @@ impl Platform {
             Ok(Ok(())) => {}
         }
         reconciler::stop_all(&self.service).await;
+        self.service.engines().stop_all().await;
         Ok(())
     }
 }

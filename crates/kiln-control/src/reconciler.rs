@@ -19,6 +19,10 @@ const RESYNC: Duration = Duration::from_secs(2);
 pub async fn run(service: Service, shutdown: CancellationToken) {
     let in_flight = Arc::new(Mutex::new(HashSet::<String>::new()));
     loop {
+        // Databases first: machines booting in this pass expect theirs to answer.
+        if let Err(e) = service.databases_pass().await {
+            tracing::warn!(error = %e, "database pass failed; retrying");
+        }
         if let Err(e) = pass(&service, &in_flight).await {
             tracing::warn!(error = %e, "reconcile pass failed; retrying");
         }

@@ -12,6 +12,7 @@
 mod apps;
 mod buckets;
 mod cron;
+mod databases;
 mod deployments;
 mod env;
 mod error;
@@ -34,6 +35,7 @@ use sqlx::{AnyPool, Row};
 pub use apps::AppRecord;
 pub use buckets::BucketRecord;
 pub use cron::{CronJobRecord, CronRunRecord, NewCronJob};
+pub use databases::{DatabaseRecord, NewDatabase};
 pub use deployments::DeploymentRecord;
 pub use env::EnvVarRecord;
 pub use error::StoreError;

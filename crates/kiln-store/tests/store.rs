@@ -7,7 +7,8 @@ use std::str::FromStr;
 use std::sync::Once;
 
 use kiln_store::{
-    Backend, Desired, IdempotencyRecord, NewOrg, NewSandbox, OrgRecord, Store, StoreError,
+    Backend, Desired, IdempotencyRecord, NewDatabase, NewOrg, NewSandbox, OrgRecord, Store,
+    StoreError,
 };
 use sqlx::ConnectOptions;
 use sqlx::postgres::PgConnectOptions;
@@ -134,6 +135,7 @@ store_tests!(
     reopen_keeps_data,
     concurrent_writes,
     buckets,
+    databases,
 );
 
 fn new_org(slug: &str) -> NewOrg {
@@ -162,6 +164,99 @@ async fn org(store: &Store, slug: &str) -> Result<OrgRecord, StoreError> {
 
 mod cases {
     use super::*;
+
+    pub async fn databases(db: &TestDb) -> TestResult {
+        let store = db.open().await;
+        let acme = org(&store, "acme").await?;
+        let other = org(&store, "other").await?;
+        let app = store.create_app(&acme.id, "Shop", "shop").await?;
+        let new = |name: &str, port: u16| NewDatabase {
+            org_id: acme.id.clone(),
+            app_id: app.id.clone(),
+            name: name.to_owned(),
+            engine: "postgres".to_owned(),
+            host: "10.88.0.1".to_owned(),
+            port,
+            login_user: "app1".to_owned(),
+            login_password: "sealed-1".to_owned(),
+            admin_password: "sealed-admin".to_owned(),
+        };
+        let main = store.create_database(&new("main", 20000)).await?;
+        assert!(main.id.starts_with("db_"));
+        assert_eq!(
+            (main.status.as_str(), main.generation, main.desired),
+            ("provisioning", 1, Desired::Running)
+        );
+        assert!(
+            matches!(
+                store.create_database(&new("main", 20001)).await,
+                Err(StoreError::Conflict { .. })
+            ),
+            "name taken"
+        );
+        assert!(
+            matches!(
+                store.create_database(&new("other", 20000)).await,
+                Err(StoreError::Conflict { .. })
+            ),
+            "port taken"
+        );
+        let mut foreign = new("x", 20002);
+        foreign.org_id = other.id.clone();
+        assert!(
+            matches!(
+                store.create_database(&foreign).await,
+                Err(StoreError::NotFound)
+            ),
+            "app of another org"
+        );
+        assert!(matches!(
+            store.get_database(Some(&other.id), &main.id).await,
+            Err(StoreError::NotFound)
+        ));
+        assert_eq!(store.database_ports("10.88.0.1").await?, vec![20000]);
+
+        store.set_database_status(&main.id, "healthy", None).await?;
+        store
+            .rotate_database_login(&main.id, 2, "app2", "sealed-2", "app1")
+            .await?;
+        assert!(
+            matches!(
+                store
+                    .rotate_database_login(&main.id, 2, "app2b", "sealed-x", "app1")
+                    .await,
+                Err(StoreError::Conflict { .. })
+            ),
+            "a stale rotation loses"
+        );
+        let rotated = store.get_database(Some(&acme.id), &main.id).await?;
+        assert_eq!(
+            (
+                rotated.login_user.as_str(),
+                rotated.generation,
+                rotated.retired_user.as_deref()
+            ),
+            ("app2", 2, Some("app1"))
+        );
+        store.clear_retired_login(&main.id).await?;
+        assert_eq!(store.get_database(None, &main.id).await?.retired_user, None);
+
+        store.delete_database(&main.id).await?;
+        let deleting = store.get_database(None, &main.id).await?;
+        assert_eq!(
+            (deleting.desired, deleting.status.as_str()),
+            (Desired::Deleted, "deleting")
+        );
+        store.set_database_status(&main.id, "healthy", None).await?;
+        assert_eq!(
+            store.get_database(None, &main.id).await?.status,
+            "deleting",
+            "a late status does not revive it"
+        );
+        store.purge_database(&main.id).await?;
+        assert!(store.list_databases(&app.id).await?.is_empty());
+        Ok(())
+    }
 
     pub async fn connects_to_the_right_backend(db: &TestDb) -> TestResult {
         let store = db.open().await;

@@ -57,6 +57,12 @@ impl Kiln {
         config_toml: Option<&str>,
     ) -> anyhow::Result<Kiln> {
         let tmp = tempfile::Builder::new().prefix("kiln-test-").tempdir()?;
+        // Managed database servers run as their own users and must reach their data
+        // directories below this one (traverse only; the directory stays unlistable).
+        std::fs::set_permissions(
+            tmp.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o711),
+        )?;
         let data_dir = tmp.path().join("data");
         let api_addr = extra
             .iter()

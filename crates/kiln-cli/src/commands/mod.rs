@@ -3,6 +3,7 @@
 mod apps;
 mod buckets;
 mod cron;
+mod db;
 mod orgs;
 mod releases;
 mod sandbox;
@@ -67,6 +68,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Env(cmd) => releases::env(&client()?, &out, cmd).await,
         Command::Bucket(cmd) => buckets::run(&client()?, &out, cmd).await,
         Command::Cron(cmd) => cron::run(&client()?, &out, cmd).await,
+        Command::Db(cmd) => db::run(&client()?, &out, cmd).await,
         Command::Nodes => {
             let nodes = client()?.nodes().await?;
             out.print(&nodes, || {

@@ -4,6 +4,7 @@
 mod apps;
 mod buckets;
 mod cron;
+mod databases;
 mod edge;
 mod env;
 mod extract;
@@ -42,6 +43,18 @@ pub fn router(service: Service) -> Router {
             post(releases::deploy).get(releases::deployments),
         )
         .route("/v1/apps/{app}/rollback", post(releases::rollback))
+        .route(
+            "/v1/apps/{app}/databases",
+            post(databases::create).get(databases::list),
+        )
+        .route(
+            "/v1/databases/{db}",
+            get(databases::get).delete(databases::delete),
+        )
+        .route(
+            "/v1/databases/{db}/credentials/rotate",
+            post(databases::rotate),
+        )
         .route("/v1/apps/{app}/env", get(env::list))
         .route(
             "/v1/apps/{app}/env/{name}",

@@ -3,7 +3,7 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::{apps, buckets, cron, edge, env, orgs, releases, sandboxes};
+use super::{apps, buckets, cron, databases, edge, env, orgs, releases, sandboxes};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -42,6 +42,11 @@ use super::{apps, buckets, cron, edge, env, orgs, releases, sandboxes};
         cron::get,
         cron::delete,
         cron::runs,
+        databases::create,
+        databases::list,
+        databases::get,
+        databases::delete,
+        databases::rotate,
         env::list,
         env::set,
         env::unset,

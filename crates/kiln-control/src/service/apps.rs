@@ -77,6 +77,10 @@ impl Service {
                 .set_sandbox_desired(&sandbox.id, Desired::Deleted)
                 .await?;
         }
+        // The app's databases go with it: server, data and credentials.
+        for database in self.store().list_databases(&record.id).await? {
+            self.store().delete_database(&database.id).await?;
+        }
         self.wake_reconciler();
         self.delete_app_buckets(org_id, &record.id).await?;
         self.store().delete_app_cron_jobs(&record.id).await?;

@@ -114,7 +114,7 @@ impl Service {
 
     /// Boots, checks and switches to a deployment. On a failed health check the old release
     /// stays live and the answer is a 422 with the reason and the new machine's log tail.
-    async fn promote(
+    pub(crate) async fn promote(
         &self,
         record: DeploymentRecord,
         release: &ReleaseRecord,

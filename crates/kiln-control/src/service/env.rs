@@ -91,6 +91,7 @@ impl Service {
         app_id: &str,
     ) -> Result<BTreeMap<String, String>, String> {
         let mut env = BTreeMap::new();
+        env.extend(self.database_env(app_id).await?);
         env.extend(self.bucket_env(org_id, app_id).await?);
         Ok(env)
     }

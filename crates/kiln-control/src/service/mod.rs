@@ -4,6 +4,8 @@
 mod apps;
 mod buckets;
 mod cron;
+mod database_pass;
+mod databases;
 mod deployments;
 mod env;
 mod machines;
@@ -62,6 +64,10 @@ struct Inner {
     s3: S3Node,
     /// Deployments being promoted by a request right now; the reconciler leaves them alone.
     promoting: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// The node's managed database instances.
+    engines: kiln_databases::Databases,
+    /// Databases a reconciler task is working on.
+    database_tasks: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// The parts of a service that [`Service::new`] does not make itself.
@@ -86,6 +92,8 @@ pub struct Parts {
     pub sealer: crate::secrets::Sealer,
     /// The object store and its S3 front ends.
     pub s3: S3Node,
+    /// The node's managed database instances.
+    pub engines: kiln_databases::Databases,
 }
 
 impl Service {
@@ -102,6 +110,7 @@ impl Service {
             signer,
             sealer,
             s3,
+            engines,
         } = parts;
         Self {
             inner: Arc::new(Inner {
@@ -114,6 +123,8 @@ impl Service {
                 sealer,
                 s3,
                 promoting: std::sync::Mutex::default(),
+                engines,
+                database_tasks: std::sync::Mutex::default(),
                 machines: Machines::default(),
                 wake: Notify::new(),
                 changes: watch::Sender::new(0),
@@ -148,6 +159,29 @@ impl Service {
     /// Seals and opens app secrets.
     pub fn sealer(&self) -> &crate::secrets::Sealer {
         &self.inner.sealer
+    }
+
+    /// The node's managed database instances.
+    pub fn engines(&self) -> &kiln_databases::Databases {
+        &self.inner.engines
+    }
+
+    /// Marks a database as being worked on; false when a task already has it.
+    pub(crate) fn claim_database_task(&self, id: &str) -> bool {
+        self.inner
+            .database_tasks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(id.to_owned())
+    }
+
+    /// Releases what [`Service::claim_database_task`] claimed.
+    pub(crate) fn release_database_task(&self, id: &str) {
+        self.inner
+            .database_tasks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(id);
     }
 
     /// The release signing key.

@@ -1,7 +1,8 @@
 //! Cron end to end through the real `kiln` binary and CLI: a job runs from the app's live
 //! release with its variables, every run is recorded with its exit code and log tail, a slot
-//! whose previous run still goes is skipped and the skip recorded, a failing command is
-//! recorded as failed, and after downtime only the latest missed slot runs.
+//! whose previous run still goes is skipped and the skip recorded, the run sees the app's
+//! managed database, a failing command is recorded as failed, and after downtime only the
+//! latest missed slot runs.
 
 use std::time::{Duration, Instant};
 
@@ -11,11 +12,14 @@ use kiln_api::cron::{CronJobConfig, CronRun};
 use kiln_api::releases::ReleaseConfig;
 use kiln_api::sandboxes::SandboxConfig;
 use kiln_testkit::{Kiln, cli_json, problem};
+use sha2::{Digest, Sha256};
 
 const APP: &str = include_str!("fixtures/app.py");
 
-/// Prints what the run sees, then outlives its 2-second slot so the next slot overlaps.
-const JOB: &str = "echo \"greeting=$GREETING\"; echo \"version=$(cat VERSION)\"; sleep 3\n";
+/// Prints what the run sees (the database URL only as a digest: it holds a password), then
+/// outlives its 2-second slot so the next slot overlaps.
+const JOB: &str = "echo \"greeting=$GREETING\"; echo \"version=$(cat VERSION)\"; \
+    echo \"db=$(printf %s \"$DATABASE_URL\" | sha256sum | cut -c1-64)\"; sleep 3\n";
 
 async fn runs(kiln: &Kiln, job: &str) -> Vec<CronRun> {
     kiln.client().cron_runs(job).await.expect("runs").items
@@ -139,8 +143,11 @@ async fn cron_runs_from_the_live_release() {
     );
     kiln.cli(&["cron", "delete", &early_id]);
 
-    // --- a live release with a variable -----------------------------------------------------
+    // --- a live release with a variable and a managed database -------------------------------
     cli_json(&kiln.cli(&["--json", "env", "set", "shop", "GREETING=hello-from-config"]));
+    let db = cli_json(&kiln.cli(&["--json", "db", "create", "shop", "--engine", "postgres"]));
+    let db_url = db["url"].as_str().expect("the URL is shown on create");
+    let db_digest = hex::encode(Sha256::digest(db_url.as_bytes()));
     let sandbox = api
         .create_sandbox("shop", &SandboxConfig::default(), 120)
         .await
@@ -216,6 +223,10 @@ async fn cron_runs_from_the_live_release() {
     assert!(
         tail.contains("version=1"),
         "runs from the live release: {tail}"
+    );
+    assert!(
+        tail.contains(&format!("db={db_digest}")),
+        "the run gets the app's DATABASE_URL: {tail}"
     );
     assert_eq!(ok.exit_code, Some(0));
     assert!(ok.started_at.is_some() && ok.finished_at.is_some());

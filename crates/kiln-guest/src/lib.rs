@@ -14,7 +14,7 @@
 //!   with restart and captured logs, port checks, health.
 //! - [`init`]: what the binary does as PID 1: re-executes itself as the serving child, reaps
 //!   every orphan, forwards termination signals and exits with the child.
-//! - [`cli`]: the `kiln-guest` command line.
+//! - [`cli`]: the `kiln-guest` command line; [`config`]: its `--config` file.
 //!
 //! # The protocol in one paragraph
 //!
@@ -44,6 +44,7 @@
 pub mod agent;
 pub mod cli;
 pub mod client;
+pub mod config;
 pub mod init;
 pub mod protocol;
 

@@ -52,6 +52,16 @@
 //! | [`Request::Archive`]         | [`Response::Archive`], then `Data` frames of a tar, then `End`                 |
 //! | [`Request::PortCheck`]       | [`Response::Port`]                                                            |
 //! | [`Request::Shutdown`]        | [`Response::Ok`], then the agent stops its processes and exits                |
+//! | [`Request::Auth`]            | nothing; the real request follows in the next frame (see below)               |
+//!
+//! # Authentication
+//!
+//! An agent reached over a network (the VM drivers' TCP channel) is given a per-machine token
+//! (`kiln-guest --config`, never on the command line) and then requires every connection to
+//! begin with a [`Request::Auth`] frame carrying it; the comparison takes constant time. A
+//! connection without it, or with another token, gets [`ErrorKind::Unauthorized`] and is
+//! closed. An agent without a token (the `process` driver's unix socket, which only root can
+//! open) accepts and ignores the frame, so one client works with both.
 //!
 //! An error in the middle of a stream (a read error while sending a file) is sent as
 //! [`Response::Error`] in place of the rest of the stream. A stream that ends without its
@@ -309,6 +319,48 @@ pub enum Request {
     },
     /// Stop every process gracefully and exit the agent (and with it the machine's init).
     Shutdown,
+    /// Proves the host may talk to this agent. When the agent was given a token it must be the
+    /// first frame of every connection, followed by the real request in the next frame; the
+    /// agent does not answer a valid one, and answers a missing or wrong one with an
+    /// `unauthorized` error and closes. An agent without a token skips it.
+    Auth {
+        /// The machine's agent token.
+        token: AgentToken,
+    },
+}
+
+/// A per-machine agent token. Its `Debug` form hides the value, so it never reaches a log.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct AgentToken(String);
+
+impl AgentToken {
+    /// Wraps a token value.
+    pub fn new(value: impl Into<String>) -> AgentToken {
+        AgentToken(value.into())
+    }
+
+    /// The token's value, for sending it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `offered` is this token, in time that depends only on the lengths, so that a
+    /// peer cannot learn the token byte by byte from response times.
+    pub fn matches(&self, offered: &str) -> bool {
+        let (a, b) = (self.0.as_bytes(), offered.as_bytes());
+        let diff = a
+            .iter()
+            .zip(b)
+            .fold(u8::from(a.len() != b.len()), |acc, (x, y)| acc | (x ^ y));
+        std::hint::black_box(diff) == 0
+    }
+}
+
+impl std::fmt::Debug for AgentToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AgentToken(..)")
+    }
 }
 
 /// A command to run to completion.
@@ -566,6 +618,8 @@ pub enum ErrorKind {
     Io,
     /// The agent does not know this request (it is older than the host).
     Unsupported,
+    /// The connection did not start with the machine's agent token.
+    Unauthorized,
     /// A kind this version does not know (the agent is newer than the host).
     #[serde(other)]
     Other,

@@ -14,6 +14,7 @@
 
 #![deny(unsafe_code)]
 
+mod addresses;
 mod cgroup;
 mod error;
 pub mod image;
@@ -22,6 +23,7 @@ mod lock;
 pub mod net;
 pub mod process;
 pub mod spawn;
+mod state;
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
 

@@ -256,7 +256,10 @@ impl NodeNetwork {
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::*;
+    use crate::error::RuntimeError;
 
     #[test]
     fn state_files_round_trip() {

@@ -506,6 +506,20 @@ pub struct HealthInfo {
     pub version: String,
     /// The agent's [`PROTOCOL_VERSION`].
     pub protocol: u32,
+    /// Processes the kernel's OOM killer has killed since the kernel booted (`oom_kill` of
+    /// `/proc/vmstat`). Inside a VM that is the machine's own count; inside a `process`
+    /// machine it is the host's, and the driver uses its cgroup instead. Absent when the
+    /// kernel does not report it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oom_kills: Option<u64>,
+}
+
+/// The `oom_kill` counter of a `/proc/vmstat` text.
+pub fn parse_oom_kills(vmstat: &str) -> Option<u64> {
+    vmstat.lines().find_map(|line| {
+        let (name, value) = line.split_once(' ')?;
+        (name == "oom_kill").then(|| value.trim().parse().ok())?
+    })
 }
 
 /// What kind of file system object an entry is.
@@ -667,6 +681,16 @@ mod base64_bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn oom_kills_are_read_from_vmstat() {
+        assert_eq!(
+            parse_oom_kills("nr_free_pages 1\noom_kill 3\nother 9\n"),
+            Some(3)
+        );
+        assert_eq!(parse_oom_kills("nr_free_pages 1\n"), None);
+        assert_eq!(parse_oom_kills("oom_kill x\n"), None);
+    }
 
     fn roundtrip(frame: Frame) -> Frame {
         let mut buf = BytesMut::new();

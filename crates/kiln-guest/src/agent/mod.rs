@@ -119,6 +119,9 @@ impl Agent {
             uptime_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             protocol: PROTOCOL_VERSION,
+            oom_kills: std::fs::read_to_string("/proc/vmstat")
+                .ok()
+                .and_then(|text| crate::protocol::parse_oom_kills(&text)),
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Machine drivers (process; later qemu, firecracker), node networking and images.
+//! Machine drivers (process, qemu; later firecracker), node networking and images.
 //!
 //! A *machine* is Kiln's unit of isolation: an image root, a workspace volume, limits, its own
 //! network address and the guest agent as PID 1. The rest of the platform reaches a machine only
@@ -7,6 +7,8 @@
 //!
 //! - [`process`]: Linux namespaces + cgroups v1 + a veth on the org's bridge (the embedded
 //!   default where no usable KVM exists).
+//! - [`vm`]: guest images (kernel, initramfs, ext4 disks) and the `qemu` driver: real VMs
+//!   with a tap on the org's bridge and the agent over TCP with a per-machine token.
 //! - [`net`]: per-org bridges and /24 slices, veth pairs, the `inet kiln` nftables table.
 //! - [`image`]: image definitions and the store that builds them with mmdebstrap.
 //! - [`launch`]: the `kiln-launch` program that turns prepared namespaces into a machine.
@@ -24,6 +26,7 @@ pub mod net;
 pub mod process;
 pub mod spawn;
 mod state;
+pub mod vm;
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
@@ -35,6 +38,7 @@ pub use crate::{
     image::{ImageRef, ImageStore, default_image},
     net::Ipv4Cidr,
     process::{ProcessDriver, ProcessDriverConfig},
+    vm::{QemuDriver, QemuDriverConfig},
 };
 
 /// What to boot: identity, owner, image, limits and the agent's base environment.

@@ -115,7 +115,11 @@ impl NodeNetwork {
 
     /// A state directory keeps the subnet it was set up with while machines hold addresses
     /// from it; with none left it may move to a new subnet.
-    fn check_subnet(&self, state: &mut NetworkState, claims: Claims<'_>) -> Result<(), RuntimeError> {
+    fn check_subnet(
+        &self,
+        state: &mut NetworkState,
+        claims: Claims<'_>,
+    ) -> Result<(), RuntimeError> {
         let subnet = self.subnet;
         match state.subnet {
             Some(old) if old != subnet => {

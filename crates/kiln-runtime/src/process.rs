@@ -171,13 +171,11 @@ impl ProcessDriver {
         fs::create_dir_all(&cfg.state_dir)
             .ctx(|| format!("create state directory {}", cfg.state_dir.display()))?;
         let state_dir = cfg.state_dir.clone();
-        let network = NodeNetwork::open(
-            cfg.state_dir.clone(),
-            cfg.subnet,
-            cfg.egress,
-            &move || claims(&state_dir),
-        )
-        .await?;
+        let network =
+            NodeNetwork::open(cfg.state_dir.clone(), cfg.subnet, cfg.egress, &move || {
+                claims(&state_dir)
+            })
+            .await?;
         let driver = Self {
             inner: Arc::new(Inner {
                 images: ImageStore::new(&cfg.images_dir),

@@ -8,7 +8,9 @@ use serde::Serialize;
 use crate::error::{IoContext, RuntimeError};
 
 /// Reads a JSON state file; a missing file is `None`.
-pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, RuntimeError> {
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(
+    path: &Path,
+) -> Result<Option<T>, RuntimeError> {
     match fs::read(path) {
         Ok(bytes) => {
             serde_json::from_slice(&bytes)
@@ -64,4 +66,3 @@ pub(crate) fn validate_id(id: &str) -> Result<(), RuntimeError> {
     }
     Ok(())
 }
-

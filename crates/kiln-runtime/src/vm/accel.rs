@@ -71,12 +71,16 @@ pub async fn choose(
     initramfs: &Path,
     cache_dir: &Path,
 ) -> Result<Accel, RuntimeError> {
-    let meta = fs::metadata(kernel).map_err(|e| RuntimeError::io(format!("stat {}", kernel.display()), e))?;
+    let meta = fs::metadata(kernel)
+        .map_err(|e| RuntimeError::io(format!("stat {}", kernel.display()), e))?;
     let mut h = Sha256::new();
     h.update(kernel.as_os_str().as_encoded_bytes());
     h.update(meta.len().to_le_bytes());
     h.update(meta.mtime().to_le_bytes());
-    let cache = cache_dir.join(format!("vm-accel-{}.json", &hex::encode(h.finalize())[..12]));
+    let cache = cache_dir.join(format!(
+        "vm-accel-{}.json",
+        &hex::encode(h.finalize())[..12]
+    ));
     if let Ok(bytes) = fs::read(&cache)
         && let Ok(verdict) = serde_json::from_slice::<Verdict>(&bytes)
     {
@@ -110,7 +114,13 @@ async fn probe_kvm(
     let log = scratch.join(format!("vm-accel-probe-{}.log", std::process::id()));
     let mut cmd = tokio::process::Command::from(spawn::command(qemu));
     cmd.args(["-M", "pc", "-accel", "kvm", "-m", "256", "-smp", "1"])
-        .args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"])
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+        ])
         .arg("-serial")
         .arg(format!("file:{}", log.display()))
         .arg("-kernel")

@@ -99,7 +99,8 @@ impl Cpio {
         ];
         self.out.extend_from_slice(b"070701");
         for field in fields {
-            self.out.extend_from_slice(format!("{field:08x}").as_bytes());
+            self.out
+                .extend_from_slice(format!("{field:08x}").as_bytes());
         }
         self.out.extend_from_slice(name.as_bytes());
         self.out.push(0);
@@ -143,7 +144,11 @@ mod tests {
             .arg(format!("cpio -itv < {}", archive.display()))
             .output()
             .expect("run cpio");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let listing = String::from_utf8_lossy(&out.stdout);
         for (needle, line_start) in [
             ("bin", "drwxr-xr-x"),

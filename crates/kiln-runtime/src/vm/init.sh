@@ -41,9 +41,11 @@ mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /newroot/run
 mkdir -p /newroot/run/kiln/etc /newroot/run/lock
 chmod 1777 /newroot/run/lock
 # The agent's settings carry its token: readable by root only.
-install -m 0600 /kiln/agent.json /newroot/run/kiln/agent.json
+umask 077
+cp /kiln/agent.json /newroot/run/kiln/agent.json
+umask 022
 for name in hosts hostname resolv.conf; do
-    install -m 0644 "/kiln/etc/$name" "/newroot/run/kiln/etc/$name"
+    cp "/kiln/etc/$name" "/newroot/run/kiln/etc/$name"
     mount --bind "/newroot/run/kiln/etc/$name" "/newroot/etc/$name"
 done
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /newroot/tmp

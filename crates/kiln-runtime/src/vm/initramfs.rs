@@ -43,7 +43,16 @@ pub fn base(modules: Option<&Path>, busybox: &Path) -> Result<Vec<u8>, RuntimeEr
         None => Vec::new(),
     };
     let mut cpio = Cpio::new();
-    for dir in ["bin", "dev", "proc", "sys", "newroot", "kiln", "lib", "lib/modules"] {
+    for dir in [
+        "bin",
+        "dev",
+        "proc",
+        "sys",
+        "newroot",
+        "kiln",
+        "lib",
+        "lib/modules",
+    ] {
         cpio.dir(dir, 0o755);
     }
     // The kernel opens /dev/console for init's standard streams before devtmpfs is mounted.
@@ -53,10 +62,9 @@ pub fn base(modules: Option<&Path>, busybox: &Path) -> Result<Vec<u8>, RuntimeEr
     cpio.file("init", 0o755, INIT_SCRIPT.as_bytes());
     let mut load_order = String::new();
     for path in &order {
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .ok_or_else(|| RuntimeError::InvalidConfig(format!("odd module path {}", path.display())))?;
+        let name = path.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
+            RuntimeError::InvalidConfig(format!("odd module path {}", path.display()))
+        })?;
         let bytes = fs::read(path).ctx(|| format!("read {}", path.display()))?;
         cpio.file(&format!("lib/modules/{name}"), 0o644, &bytes);
         load_order.push_str(name);

@@ -35,10 +35,7 @@ pub struct Kernel {
 impl Kernel {
     /// The kernel at `explicit` (with modules from `modules`, if given), else the one
     /// `scripts/setup.sh` unpacked.
-    pub fn locate(
-        explicit: Option<&Path>,
-        modules: Option<&Path>,
-    ) -> Result<Kernel, RuntimeError> {
+    pub fn locate(explicit: Option<&Path>, modules: Option<&Path>) -> Result<Kernel, RuntimeError> {
         if let Some(image) = explicit {
             if !image.is_file() {
                 return Err(RuntimeError::InvalidConfig(format!(
@@ -82,7 +79,10 @@ impl Kernel {
 /// The `.ko` files of `wanted` and everything they depend on, dependencies first. Modules the
 /// kernel has built in (listed in `modules.builtin`) are skipped; a module found nowhere is
 /// an error naming it.
-pub fn module_load_order(modules_dir: &Path, wanted: &[&str]) -> Result<Vec<PathBuf>, RuntimeError> {
+pub fn module_load_order(
+    modules_dir: &Path,
+    wanted: &[&str],
+) -> Result<Vec<PathBuf>, RuntimeError> {
     let index = index_modules(&modules_dir.join("kernel"))?;
     let builtin: BTreeSet<String> = fs::read_to_string(modules_dir.join("modules.builtin"))
         .unwrap_or_default()
@@ -193,7 +193,11 @@ mod tests {
         fs::write(k.join("virtio.ko"), b"\0name=virtio\0").expect("write");
         fs::write(k.join("virtio_ring.ko"), b"\0depends=virtio\0").expect("write");
         fs::write(k.join("virtio_blk.ko"), b"\0depends=virtio_ring,virtio\0").expect("write");
-        fs::write(k.join("virtio-rng.ko"), b"\0depends=virtio_ring,builtin_one\0").expect("write");
+        fs::write(
+            k.join("virtio-rng.ko"),
+            b"\0depends=virtio_ring,builtin_one\0",
+        )
+        .expect("write");
         fs::write(
             dir.path().join("modules.builtin"),
             "kernel/lib/builtin_one.ko\n",
@@ -206,7 +210,12 @@ mod tests {
             .collect();
         assert_eq!(
             names,
-            ["virtio.ko", "virtio_ring.ko", "virtio_blk.ko", "virtio-rng.ko"]
+            [
+                "virtio.ko",
+                "virtio_ring.ko",
+                "virtio_blk.ko",
+                "virtio-rng.ko"
+            ]
         );
         let err = module_load_order(dir.path(), &["virtio_net"]).expect_err("missing");
         assert!(err.to_string().contains("virtio_net"), "{err}");

@@ -194,13 +194,11 @@ impl QemuDriver {
         let initramfs = images.ensure_initramfs(&cfg.images_dir).await?;
         let accel = accel::choose(&qemu, &kernel.image, &initramfs, &cfg.images_dir).await?;
         let state_dir = cfg.state_dir.clone();
-        let network = NodeNetwork::open(
-            cfg.state_dir.clone(),
-            cfg.subnet,
-            cfg.egress,
-            &move || claims(&state_dir),
-        )
-        .await?;
+        let network =
+            NodeNetwork::open(cfg.state_dir.clone(), cfg.subnet, cfg.egress, &move || {
+                claims(&state_dir)
+            })
+            .await?;
         tracing::info!(%accel, kernel = %kernel.image.display(), "qemu driver ready");
         Ok(Self {
             inner: Arc::new(Inner {
@@ -481,10 +479,9 @@ impl QemuDriver {
             .current_dir(&dir)
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        let out = cmd
-            .output()
-            .await
-            .map_err(|e| spawn::spawn_error("qemu-system-x86_64", e, "qemu-system-x86_64".into()))?;
+        let out = cmd.output().await.map_err(|e| {
+            spawn::spawn_error("qemu-system-x86_64", e, "qemu-system-x86_64".into())
+        })?;
         if !out.status.success() {
             return Err(RuntimeError::BootFailed {
                 id: id.clone(),
@@ -495,9 +492,7 @@ impl QemuDriver {
         let agent = record
             .agent()
             .expect("a record with an address has an agent");
-        let health = self
-            .wait_for_agent(id, &agent, started, &console)
-            .await?;
+        let health = self.wait_for_agent(id, &agent, started, &console).await?;
         tracing::info!(machine = %id, %address, accel = %self.inner.accel, total = ?started.elapsed(), "VM booted");
         Ok(MachineInfo {
             id: id.clone(),
@@ -867,7 +862,10 @@ mod tests {
             console: Path::new("/c"),
             pidfile: Path::new("/p"),
         });
-        assert!(!kvm.iter().any(|a| a == "max"), "KVM keeps the default CPU model");
+        assert!(
+            !kvm.iter().any(|a| a == "max"),
+            "KVM keeps the default CPU model"
+        );
     }
 
     #[test]

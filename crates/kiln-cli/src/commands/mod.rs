@@ -63,6 +63,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Deployments { app } => releases::deployments(&client()?, &out, &app).await,
         Command::Env(cmd) => releases::env(&client()?, &out, cmd).await,
+        Command::Image(cmd) => crate::image::run(&out, cmd)
+            .await
+            .map(|()| ExitCode::SUCCESS),
         Command::Nodes => {
             let nodes = client()?.nodes().await?;
             out.print(&nodes, || {

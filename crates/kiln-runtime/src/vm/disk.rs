@@ -145,6 +145,10 @@ pub async fn create_workspace(
         None,
     )
     .await?;
+    // The workspace is the app's directory: a root-only lost+found in it would be published
+    // with the app and could not be unpacked by the unprivileged user. e2fsck recreates it
+    // should it ever need it.
+    run_tool("debugfs", &["-w", "-R", "rmdir /lost+found", &out_s], None).await?;
     Ok(())
 }
 
@@ -273,6 +277,13 @@ mod tests {
         assert!(
             root.contains("User:  1000") && root.contains("Group:  1000"),
             "{root}"
+        );
+        let listing = run_tool("debugfs", &["-R", "ls /", &ws.display().to_string()], None)
+            .await
+            .expect("debugfs ls");
+        assert!(
+            !listing.contains("lost+found"),
+            "the workspace starts empty: {listing}"
         );
     }
 }

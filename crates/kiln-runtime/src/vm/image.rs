@@ -147,7 +147,27 @@ impl GuestImageStore {
         fs::rename(&tmp, &path)
             .ctx(|| format!("rename {} to {}", tmp.display(), path.display()))?;
         tracing::info!(%image, elapsed = ?started.elapsed(), "VM root disk built");
+        remove_older_root_disks(dir, &image_key, &path);
         Ok(path)
+    }
+}
+
+/// Deletes the other root disks of the same image (built for an older agent). VMs still
+/// running on one keep it open, and an unlinked file lives as long as it is open, so this is
+/// safe while they run; their next boot uses the new disk.
+fn remove_older_root_disks(dir: &Path, image_key: &str, keep: &Path) {
+    let prefix = format!("vm-root-{image_key}-");
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if path != keep && name.starts_with(&prefix) && name.ends_with(".ext4") {
+            if let Err(e) = fs::remove_file(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove an old VM root disk");
+            }
+        }
     }
 }
 

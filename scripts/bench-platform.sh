@@ -2,11 +2,12 @@
 # Benchmarks through the real API on a release build (needs root):
 #   scripts/bench-platform.sh sandbox   sandbox create → first exec, beside raw baselines
 #   scripts/bench-platform.sh deploy    promotion and rollback times
+#   scripts/bench-platform.sh boot      machine boot → guest agent ready, process and qemu
 set -euo pipefail
 cd "$(dirname "$0")/.."
 case "${1:-}" in
-    sandbox | deploy) bench="kiln-bench-$1" ;;
-    *) echo "usage: $0 sandbox|deploy" >&2; exit 2 ;;
+    sandbox | deploy | boot) bench="kiln-bench-$1" ;;
+    *) echo "usage: $0 sandbox|deploy|boot" >&2; exit 2 ;;
 esac
 scripts/setup.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/kiln-target}"

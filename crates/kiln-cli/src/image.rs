@@ -5,7 +5,10 @@
 
 use anyhow::Context;
 use kiln_control::Config;
-use kiln_runtime::{ImageRef, ImageStore, vm::{GuestImageStore, Kernel}};
+use kiln_runtime::{
+    ImageRef, ImageStore,
+    vm::{GuestImageStore, Kernel},
+};
 use serde::Serialize;
 
 use crate::cli::ImageCommand;

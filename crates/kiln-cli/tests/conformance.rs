@@ -71,7 +71,8 @@ fn sh(script: &str) -> ExecConfig {
 
 async fn conformance(driver: &str, index: u8) {
     let subnet = subnet_for(index);
-    let config = "[limits]\nsandbox_memory_mib = 512\nhealth_timeout_s = 90\n[vm]\nworkspace_mib = 512\n";
+    let config =
+        "[limits]\nsandbox_memory_mib = 512\nhealth_timeout_s = 90\n[vm]\nworkspace_mib = 512\n";
     let mut kiln = Kiln::start(
         Path::new(env!("CARGO_BIN_EXE_kiln")),
         &[("KILN_RUNTIME", driver), ("KILN_NETWORK_SUBNET", &subnet)],
@@ -94,7 +95,10 @@ async fn conformance(driver: &str, index: u8) {
         .expect("sandbox");
     assert_eq!(sandbox.status, SandboxStatus::Running, "{sandbox:?}");
     let sbx = sandbox.id.clone();
-    let address = sandbox.address.clone().expect("a running sandbox has an address");
+    let address = sandbox
+        .address
+        .clone()
+        .expect("a running sandbox has an address");
     assert!(
         subnet
             .parse::<kiln_runtime::Ipv4Cidr>()
@@ -115,10 +119,17 @@ async fn conformance(driver: &str, index: u8) {
         "-c",
         "echo out; echo err >&2; id -un; exit 3",
     ]);
-    assert_eq!(exec.status.code(), Some(3), "the CLI exits with the command's code");
+    assert_eq!(
+        exec.status.code(),
+        Some(3),
+        "the CLI exits with the command's code"
+    );
     let out: serde_json::Value = serde_json::from_slice(&exec.stdout).expect("JSON");
     assert_eq!(out["exit_code"], 3, "{out}");
-    assert_eq!(out["stdout"], "out\napp\n", "commands run as the image's user: {out}");
+    assert_eq!(
+        out["stdout"], "out\napp\n",
+        "commands run as the image's user: {out}"
+    );
     assert_eq!(out["stderr"], "err\n", "{out}");
     let mut events = Box::pin(
         api.exec_stream(&sbx, &sh("for i in 1 2 3; do echo line$i; sleep 0.2; done"))
@@ -137,7 +148,10 @@ async fn conformance(driver: &str, index: u8) {
         }
     }
     assert_eq!((lines.as_str(), exit), ("line1\nline2\nline3\n", Some(0)));
-    assert!(chunks >= 2, "output arrives while the command runs, not at its end");
+    assert!(
+        chunks >= 2,
+        "output arrives while the command runs, not at its end"
+    );
 
     // --- files --------------------------------------------------------------------------------
     let blob: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
@@ -149,7 +163,11 @@ async fn conformance(driver: &str, index: u8) {
         &local.path().display().to_string(),
         &format!("{sbx}:data/blob.bin"),
     ]);
-    assert!(cp.status.success(), "{}", String::from_utf8_lossy(&cp.stderr));
+    assert!(
+        cp.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cp.stderr)
+    );
     let back = api.get_file(&sbx, "data/blob.bin").await.expect("get");
     assert!(back == blob, "the bytes round-trip");
     let listed = api.list_files(&sbx, "data").await.expect("list");

@@ -358,9 +358,15 @@ mod tests {
         let cfg = Config::from_raw(raw, env_of(&[("KILN_VM_MODULES", "/k/modules")]))
             .expect("valid config");
         assert_eq!(cfg.vm_kernel.as_deref(), Some(Path::new("/k/vmlinuz")));
-        assert_eq!(cfg.vm_kernel_modules.as_deref(), Some(Path::new("/k/modules")));
+        assert_eq!(
+            cfg.vm_kernel_modules.as_deref(),
+            Some(Path::new("/k/modules"))
+        );
         assert_eq!(cfg.vm_workspace_mib, 512);
-        let small = Config::from_raw(RawConfig::default(), env_of(&[("KILN_VM_WORKSPACE_MIB", "8")]));
+        let small = Config::from_raw(
+            RawConfig::default(),
+            env_of(&[("KILN_VM_WORKSPACE_MIB", "8")]),
+        );
         assert!(small.is_err());
     }
 

@@ -204,12 +204,12 @@ async fn select_driver(config: &Config) -> anyhow::Result<Arc<dyn Driver>> {
     match config.runtime.as_deref() {
         Some("process") => Ok(Arc::new(process_driver(config).await?)),
         Some("qemu") => Ok(Arc::new(
-            qemu_driver(config)
-                .await
-                .context("start the qemu driver")?,
+            qemu_driver(config).await.context("start the qemu driver")?,
         )),
         Some(other) => {
-            bail!("the `{other}` driver is not available in this build; use KILN_RUNTIME=process or qemu")
+            bail!(
+                "the `{other}` driver is not available in this build; use KILN_RUNTIME=process or qemu"
+            )
         }
         None => match qemu_driver(config).await {
             Ok(qemu) if qemu.hardware_accelerated() => Ok(Arc::new(qemu)),

@@ -163,10 +163,12 @@ fn remove_older_root_disks(dir: &Path, image_key: &str, keep: &Path) {
     for entry in entries.filter_map(Result::ok) {
         let path = entry.path();
         let name = entry.file_name().to_string_lossy().into_owned();
-        if path != keep && name.starts_with(&prefix) && name.ends_with(".ext4") {
-            if let Err(e) = fs::remove_file(&path) {
-                tracing::warn!(path = %path.display(), error = %e, "cannot remove an old VM root disk");
-            }
+        if path != keep
+            && name.starts_with(&prefix)
+            && name.ends_with(".ext4")
+            && let Err(e) = fs::remove_file(&path)
+        {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove an old VM root disk");
         }
     }
 }

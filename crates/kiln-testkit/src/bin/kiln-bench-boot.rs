@@ -46,7 +46,13 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("start kiln up with the {driver} driver"))?;
         let api = kiln.client();
-        let node = api.nodes().await?.items.into_iter().next().context("a node")?;
+        let node = api
+            .nodes()
+            .await?
+            .items
+            .into_iter()
+            .next()
+            .context("a node")?;
         let mode = match (driver, node.hardware_accelerated) {
             ("process", _) => "namespaces",
             (_, true) => "KVM",
@@ -70,7 +76,11 @@ async fn main() -> anyhow::Result<()> {
             ready.push(boot.ready);
             first_exec.push(boot.first_exec);
         }
-        rows.push((format!("{driver} ({mode}), {boots} boots"), ready, first_exec));
+        rows.push((
+            format!("{driver} ({mode}), {boots} boots"),
+            ready,
+            first_exec,
+        ));
         drop(kiln);
     }
     println!();
@@ -106,7 +116,12 @@ async fn boot_once(api: &Client) -> anyhow::Result<Boot> {
         .create_sandbox("bench", &SandboxConfig::default(), 300)
         .await?;
     if sandbox.status != SandboxStatus::Running {
-        bail!("sandbox {} is {:?}: {:?}", sandbox.id, sandbox.status, sandbox.error);
+        bail!(
+            "sandbox {} is {:?}: {:?}",
+            sandbox.id,
+            sandbox.status,
+            sandbox.error
+        );
     }
     let ready = started.elapsed();
     let exec = Instant::now();

@@ -100,6 +100,25 @@ async fn a_vm_honours_the_driver_contract() {
     );
     assert_eq!(lines[4], "app", "{stdout}");
 
+    // Memory is the VM's wall: a process that outgrows it meets the guest's OOM killer, and
+    // the driver reports the kill.
+    assert_eq!(driver.oom_kills(&id).await.expect("oom count"), 0);
+    let hog = info
+        .agent
+        .exec_collect(ExecRequest::new([
+            "python3",
+            "-c",
+            "x = []\nwhile True: x.append(bytearray(32 << 20))",
+        ]))
+        .await
+        .expect("exec");
+    assert!(!hog.exit.success(), "the hog cannot finish: {:?}", hog.exit);
+    assert!(
+        driver.oom_kills(&id).await.expect("oom count") >= 1,
+        "the guest's OOM kill is reported; the hog ended with {:?}",
+        hog.exit
+    );
+
     info.agent
         .put_file(
             "keep/me.txt",
@@ -131,7 +150,11 @@ async fn a_vm_honours_the_driver_contract() {
     let second = qemu_driver(state.path().to_owned()).await;
     let adopted = second.start(&spec).await.expect("adopt");
     assert_eq!(adopted.boot_id, again.boot_id, "adopted, not rebooted");
-    assert_eq!(second.oom_kills(&id).await.expect("oom count"), 0);
+    assert_eq!(
+        second.oom_kills(&id).await.expect("oom count"),
+        0,
+        "a fresh boot has no OOM kills yet"
+    );
 
     second.destroy(&id).await.expect("destroy");
     assert!(second.running().await.expect("running").is_empty());

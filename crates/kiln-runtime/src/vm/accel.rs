@@ -71,16 +71,7 @@ pub async fn choose(
     initramfs: &Path,
     cache_dir: &Path,
 ) -> Result<Accel, RuntimeError> {
-    let meta = fs::metadata(kernel)
-        .map_err(|e| RuntimeError::io(format!("stat {}", kernel.display()), e))?;
-    let mut h = Sha256::new();
-    h.update(kernel.as_os_str().as_encoded_bytes());
-    h.update(meta.len().to_le_bytes());
-    h.update(meta.mtime().to_le_bytes());
-    let cache = cache_dir.join(format!(
-        "vm-accel-{}.json",
-        &hex::encode(h.finalize())[..12]
-    ));
+    let cache = cache_path(kernel, cache_dir)?;
     if let Ok(bytes) = fs::read(&cache)
         && let Ok(verdict) = serde_json::from_slice::<Verdict>(&bytes)
     {
@@ -102,6 +93,21 @@ pub async fn choose(
         tracing::warn!(path = %cache.display(), error = %e, "cannot cache the accelerator verdict");
     }
     Ok(accel)
+}
+
+/// Where the verdict for `kernel` is cached: keyed by its path, size and mtime, so a new
+/// kernel is probed again.
+fn cache_path(kernel: &Path, cache_dir: &Path) -> Result<std::path::PathBuf, RuntimeError> {
+    let meta = fs::metadata(kernel)
+        .map_err(|e| RuntimeError::io(format!("stat {}", kernel.display()), e))?;
+    let mut h = Sha256::new();
+    h.update(kernel.as_os_str().as_encoded_bytes());
+    h.update(meta.len().to_le_bytes());
+    h.update(meta.mtime().to_le_bytes());
+    Ok(cache_dir.join(format!(
+        "vm-accel-{}.json",
+        &hex::encode(h.finalize())[..12]
+    )))
 }
 
 /// Boots the probe under KVM; returns the verdict and the console it printed.
@@ -165,4 +171,26 @@ async fn probe_kvm(
         .collect::<Vec<_>>()
         .join("\n");
     Ok((if reached { Accel::Kvm } else { Accel::Tcg }, tail))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_cached_verdict_is_used_without_probing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kernel = dir.path().join("vmlinuz");
+        fs::write(&kernel, b"kernel").expect("write");
+        let cache = cache_path(&kernel, dir.path()).expect("path");
+        fs::write(&cache, r#"{"accel":"kvm","kernel":"k","console":""}"#).expect("write");
+        // A QEMU that does not exist proves no probe ran.
+        let accel = choose(Path::new("/nonexistent/qemu"), &kernel, &kernel, dir.path())
+            .await
+            .expect("cached");
+        assert_eq!(accel, Accel::Kvm);
+        // Another kernel (other size) is not covered by that verdict.
+        fs::write(&kernel, b"another kernel").expect("write");
+        assert_ne!(cache_path(&kernel, dir.path()).expect("path"), cache);
+    }
 }

@@ -58,7 +58,7 @@ use crate::{
     launch::LaunchConfig,
     net::{self, Ipv4Cidr, MachineNet},
     spawn,
-    state::{read_json, validate_id, write_json},
+    state::{machine_ids, read_json, validate_id, write_json},
 };
 
 /// How long a booting agent may take to answer health.
@@ -502,7 +502,7 @@ impl ProcessDriver {
         };
         if health.machine_id.as_deref() != Some(id) {
             return Err(RuntimeError::AgentMismatch {
-                socket: socket.to_owned(),
+                endpoint: format!("unix:{}", socket.display()),
                 found: health.machine_id.unwrap_or_default(),
                 expected: id.to_owned(),
             });
@@ -688,23 +688,6 @@ impl Driver for ProcessDriver {
         validate_id(id)?;
         self.cgroups(id).oom_kills()
     }
-}
-
-/// Names of machine directories in the state directory.
-fn machine_ids(dir: &Path) -> Result<Vec<String>, RuntimeError> {
-    let entries = fs::read_dir(dir).ctx(|| format!("list {}", dir.display()))?;
-    let mut ids = Vec::new();
-    for entry in entries {
-        let entry = entry.ctx(|| format!("list {}", dir.display()))?;
-        let Ok(name) = entry.file_name().into_string() else {
-            continue;
-        };
-        if validate_id(&name).is_ok() && entry.path().is_dir() {
-            ids.push(name);
-        }
-    }
-    ids.sort();
-    Ok(ids)
 }
 
 /// The addresses the machine records in `dir` hold, for the node network's allocation.

@@ -66,3 +66,20 @@ pub(crate) fn validate_id(id: &str) -> Result<(), RuntimeError> {
     }
     Ok(())
 }
+
+/// Names of machine directories in the state directory.
+pub(crate) fn machine_ids(dir: &Path) -> Result<Vec<String>, RuntimeError> {
+    let entries = fs::read_dir(dir).ctx(|| format!("list {}", dir.display()))?;
+    let mut ids = Vec::new();
+    for entry in entries {
+        let entry = entry.ctx(|| format!("list {}", dir.display()))?;
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        if validate_id(&name).is_ok() && entry.path().is_dir() {
+            ids.push(name);
+        }
+    }
+    ids.sort();
+    Ok(ids)
+}

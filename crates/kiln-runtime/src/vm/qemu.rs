@@ -59,7 +59,7 @@ use crate::{
     net::{self, Ipv4Cidr},
     process::{console_tail, validate_spec},
     spawn,
-    state::{read_json, validate_id, write_json},
+    state::{machine_ids, read_json, validate_id, write_json},
 };
 
 /// The TCP port the guest agent listens on, on the machine's own address. Below 1024, so an
@@ -530,7 +530,7 @@ impl QemuDriver {
                 Ok(health) if health.machine_id.as_deref() == Some(id) => return Ok(health),
                 Ok(health) => {
                     return Err(RuntimeError::AgentMismatch {
-                        socket: PathBuf::from(agent.endpoint().to_string()),
+                        endpoint: agent.endpoint().to_string(),
                         found: health.machine_id.unwrap_or_default(),
                         expected: id.to_owned(),
                     });
@@ -739,23 +739,6 @@ async fn wait_gone(pid: i32, within: Duration) {
     while Instant::now() < deadline && process_alive(pid) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// Names of machine directories in the state directory.
-fn machine_ids(dir: &Path) -> Result<Vec<String>, RuntimeError> {
-    let entries = fs::read_dir(dir).ctx(|| format!("list {}", dir.display()))?;
-    let mut ids = Vec::new();
-    for entry in entries {
-        let entry = entry.ctx(|| format!("list {}", dir.display()))?;
-        let Ok(name) = entry.file_name().into_string() else {
-            continue;
-        };
-        if validate_id(&name).is_ok() && entry.path().is_dir() {
-            ids.push(name);
-        }
-    }
-    ids.sort();
-    Ok(ids)
 }
 
 /// The addresses the VM records in `dir` hold.

@@ -42,6 +42,30 @@ fn vm_prerequisites() -> bool {
     true
 }
 
+/// Destroys the VM when dropped, so a failing test leaves no QEMU, tap or disk behind.
+struct DestroyOnDrop(QemuDriver, String);
+
+impl Drop for DestroyOnDrop {
+    fn drop(&mut self) {
+        let (driver, id) = (self.0.clone(), self.1.clone());
+        // A fresh runtime on a fresh thread: Drop may run inside the test's runtime.
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("cleanup runtime");
+            rt.block_on(async {
+                if let Err(e) = driver.destroy(&id).await {
+                    eprintln!("cleanup of {id} failed: {e}");
+                }
+                let _ = driver.remove_idle_bridges().await;
+            });
+        })
+        .join()
+        .expect("cleanup thread");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_vm_honours_the_driver_contract() {
     if !vm_prerequisites() {
@@ -51,6 +75,7 @@ async fn a_vm_honours_the_driver_contract() {
     let driver = qemu_driver(state.path().to_owned()).await;
     let id = common::unique_id("vm");
     let spec = common::spec(&id, "org_vmtest", 512);
+    let _cleanup = DestroyOnDrop(driver.clone(), id.clone());
 
     let started = Instant::now();
     let info = driver.start(&spec).await.expect("boot");

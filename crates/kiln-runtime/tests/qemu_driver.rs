@@ -85,6 +85,15 @@ async fn a_vm_honours_the_driver_contract() {
         started.elapsed(),
         driver.accel()
     );
+    // Where the boot's time went, from the guest's side (init prints its uptime).
+    let console =
+        std::fs::read_to_string(state.path().join(&id).join("console.log")).unwrap_or_default();
+    for line in console
+        .lines()
+        .filter(|l| l.contains("kiln-init") || l.contains("serving"))
+    {
+        eprintln!("  console: {line}");
+    }
     assert_eq!(
         driver.hardware_accelerated(),
         driver.accel() == kiln_runtime::vm::Accel::Kvm

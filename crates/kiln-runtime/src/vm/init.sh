@@ -6,8 +6,14 @@
 /bin/busybox --install -s /bin
 export PATH=/bin
 
+# Messages carry the guest's uptime, so a slow boot shows where the time went.
+say() {
+    read -r uptime _ </proc/uptime
+    echo "kiln-init: [$uptime] $*"
+}
+
 fail() {
-    echo "kiln-init: $*"
+    say "$*"
     sync
     poweroff -f
 }
@@ -15,6 +21,7 @@ fail() {
 mount -t proc -o nosuid,nodev,noexec proc /proc
 mount -t sysfs -o nosuid,nodev,noexec sysfs /sys
 mount -t devtmpfs -o nosuid,mode=0755 devtmpfs /dev
+say "loading modules"
 
 for module in $(cat /lib/modules/load-order); do
     insmod "/lib/modules/$module" || fail "cannot load $module"
@@ -35,6 +42,7 @@ while [ ! -b /dev/vda ] || [ ! -b /dev/vdb ]; do
     sleep 0.01
 done
 
+say "mounting disks"
 mount -t ext4 -o ro /dev/vda /newroot || fail "cannot mount the root disk"
 mount -t ext4 -o nosuid,nodev /dev/vdb /newroot/workspace || fail "cannot mount the workspace disk"
 mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /newroot/run
@@ -64,5 +72,5 @@ ip route add default via "$KILN_GATEWAY"
 mount --move /dev /newroot/dev
 mount --move /sys /newroot/sys
 mount --move /proc /newroot/proc
-echo "kiln-init: starting the guest agent"
+say "starting the guest agent"
 exec switch_root /newroot /sbin/kiln-guest --config /run/kiln/agent.json --poweroff

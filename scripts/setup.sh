@@ -12,6 +12,7 @@ packages=(
     postgresql                            # the store's PostgreSQL test run; managed databases
     mariadb-server mariadb-client         # managed MySQL databases (MariaDB)
     redis-server                          # managed Redis databases
+    qemu-system-x86 busybox-static cpio   # the qemu driver and its guest image
 )
 
 if [[ $(id -u) -ne 0 ]]; then
@@ -52,5 +53,27 @@ for service in postgresql mariadb redis-server; do
         update-rc.d "$service" disable >/dev/null 2>&1 || true
     fi
 done
+# The guest kernel for the VM drivers: Debian's cloud kernel, unpacked into a cache rather
+# than installed, so the host's own boot setup is never touched. `current` points at the
+# version in use; the qemu driver finds `boot/vmlinuz-*` and `lib/modules/*` under it.
+kernel_cache=/var/cache/kiln/kernel
+kernel_pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null |
+    sed -n 's/^ *Depends: \(linux-image-[0-9].*-cloud-amd64\)$/\1/p' | head -n1)
+if [[ -z $kernel_pkg ]]; then
+    echo "setup: cannot find the package behind linux-image-cloud-amd64 (apt-get update?)" >&2
+    exit 1
+fi
+if [[ ! -d $kernel_cache/$kernel_pkg/boot ]]; then
+    echo "setup: unpacking $kernel_pkg into $kernel_cache" >&2
+    work=$(mktemp -d)
+    chown _apt "$work" 2>/dev/null || true   # apt downloads as _apt when it can
+    (cd "$work" && apt-get download -qq "$kernel_pkg" >/dev/null)
+    mkdir -p "$kernel_cache"
+    rm -rf "$kernel_cache/.$kernel_pkg"
+    dpkg-deb -x "$work"/"$kernel_pkg"_*.deb "$kernel_cache/.$kernel_pkg"
+    mv "$kernel_cache/.$kernel_pkg" "$kernel_cache/$kernel_pkg"
+    rm -rf "$work"
+fi
+ln -sfn "$kernel_pkg" "$kernel_cache/current"
 
 command -v cargo >/dev/null || { echo "setup: a Rust toolchain (cargo) is required" >&2; exit 1; }

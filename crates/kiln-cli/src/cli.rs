@@ -127,6 +127,24 @@ pub enum Command {
     Db(DbCommand),
     /// Nodes and their drivers.
     Nodes,
+    /// Machine images on this node (works without a running platform).
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+/// `kiln image …`.
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Build (or find cached) the image's root file system and the VM guest image made from
+    /// it (kernel, initramfs, root disk), and print their paths.
+    Build {
+        /// The image, `name` or `name:version`.
+        #[arg(long, default_value = "default")]
+        image: String,
+        /// TOML configuration file (as for `kiln up`): images dir, bin dir, `[vm]` kernel.
+        #[arg(long, env = "KILN_CONFIG_FILE")]
+        config: Option<PathBuf>,
+    },
 }
 
 /// `kiln bucket …`.

@@ -4,6 +4,7 @@
 mod cli;
 mod commands;
 mod edge;
+mod image;
 mod logging;
 mod profile;
 mod up;

@@ -42,6 +42,21 @@ pub struct RawConfig {
     /// Size limits.
     #[serde(default)]
     pub limits: RawLimits,
+    /// Virtual machines (the `qemu` and `firecracker` drivers).
+    #[serde(default)]
+    pub vm: RawVm,
+}
+
+/// `[vm]` of the TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVm {
+    /// A guest kernel image instead of the one `scripts/setup.sh` unpacks.
+    pub kernel: Option<PathBuf>,
+    /// The modules directory (`lib/modules/<version>`) of that kernel.
+    pub kernel_modules: Option<PathBuf>,
+    /// Size of each VM's workspace disk in MiB (sparse).
+    pub workspace_mib: Option<u64>,
 }
 
 /// `[network]` of the TOML file.
@@ -119,6 +134,12 @@ pub struct Config {
     pub sandbox_vcpus: u32,
     /// Most processes per machine.
     pub machine_pids_max: u32,
+    /// Guest kernel for VM drivers; `None` uses the one `scripts/setup.sh` unpacks.
+    pub vm_kernel: Option<PathBuf>,
+    /// Modules directory of [`Self::vm_kernel`].
+    pub vm_kernel_modules: Option<PathBuf>,
+    /// Size of each VM's workspace disk in MiB.
+    pub vm_workspace_mib: u64,
 }
 
 /// Why the configuration cannot be used.
@@ -239,7 +260,25 @@ impl Config {
             Some(v) => parse_bool("KILN_NETWORK_EGRESS", &v)?,
             None => raw.network.egress.unwrap_or(true),
         };
+        let vm_workspace_mib = match env("KILN_VM_WORKSPACE_MIB") {
+            Some(v) => v.parse::<u64>().map_err(|_| ConfigError::Invalid {
+                name: "KILN_VM_WORKSPACE_MIB",
+                detail: format!("`{v}` is not a size in MiB"),
+            })?,
+            None => raw.vm.workspace_mib.unwrap_or(8192),
+        };
+        if vm_workspace_mib < 64 {
+            return Err(ConfigError::Invalid {
+                name: "KILN_VM_WORKSPACE_MIB",
+                detail: format!("{vm_workspace_mib} MiB is too small; use at least 64"),
+            });
+        }
         Ok(Config {
+            vm_kernel: env("KILN_VM_KERNEL").map(PathBuf::from).or(raw.vm.kernel),
+            vm_kernel_modules: env("KILN_VM_MODULES")
+                .map(PathBuf::from)
+                .or(raw.vm.kernel_modules),
+            vm_workspace_mib,
             api_addr: addr("KILN_API_ADDR", raw.api_addr, "127.0.0.1:7070")?,
             edge_http_addr: addr("KILN_EDGE_HTTP_ADDR", raw.edge_http_addr, "127.0.0.1:8080")?,
             edge_https_addr: addr(
@@ -315,6 +354,25 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         move |k| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+    }
+
+    #[test]
+    fn vm_settings_come_from_file_and_variables() {
+        let raw: RawConfig =
+            toml::from_str("[vm]\nkernel = \"/k/vmlinuz\"\nworkspace_mib = 512\n").expect("toml");
+        let cfg = Config::from_raw(raw, env_of(&[("KILN_VM_MODULES", "/k/modules")]))
+            .expect("valid config");
+        assert_eq!(cfg.vm_kernel.as_deref(), Some(Path::new("/k/vmlinuz")));
+        assert_eq!(
+            cfg.vm_kernel_modules.as_deref(),
+            Some(Path::new("/k/modules"))
+        );
+        assert_eq!(cfg.vm_workspace_mib, 512);
+        let small = Config::from_raw(
+            RawConfig::default(),
+            env_of(&[("KILN_VM_WORKSPACE_MIB", "8")]),
+        );
+        assert!(small.is_err());
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use kiln_runtime::{Driver, ProcessDriver, ProcessDriverConfig};
+use kiln_runtime::{Driver, ProcessDriver, ProcessDriverConfig, QemuDriver, QemuDriverConfig};
 use kiln_store::Store;
 use tokio_util::sync::CancellationToken;
 
@@ -235,27 +235,70 @@ fn edge_config(config: &Config) -> kiln_edge::EdgeConfig {
     }
 }
 
+/// The driver `KILN_RUNTIME` names, or the best available: `qemu` when a probe boot showed
+/// KVM works (a VM per machine at near-native speed), else `process` (TCG VMs are real
+/// isolation but far slower, so an operator opts into them explicitly).
 async fn select_driver(config: &Config) -> anyhow::Result<Arc<dyn Driver>> {
     match config.runtime.as_deref() {
-        None | Some("process") => {}
+        Some("process") => Ok(Arc::new(process_driver(config).await?)),
+        Some("qemu") => Ok(Arc::new(
+            qemu_driver(config).await.context("start the qemu driver")?,
+        )),
         Some(other) => {
-            bail!("the `{other}` driver is not available in this build; use KILN_RUNTIME=process")
+            bail!(
+                "the `{other}` driver is not available in this build; use KILN_RUNTIME=process or qemu"
+            )
         }
+        None => match qemu_driver(config).await {
+            Ok(qemu) if qemu.hardware_accelerated() => Ok(Arc::new(qemu)),
+            Ok(_) => {
+                tracing::info!("VMs would run without KVM here; using the process driver");
+                Ok(Arc::new(process_driver(config).await?))
+            }
+            Err(e) => {
+                tracing::info!(reason = %e, "the qemu driver is unavailable; using the process driver");
+                Ok(Arc::new(process_driver(config).await?))
+            }
+        },
     }
-    let driver = ProcessDriver::new(ProcessDriverConfig {
+}
+
+fn node_subnet(config: &Config) -> anyhow::Result<kiln_runtime::Ipv4Cidr> {
+    config
+        .subnet
+        .parse()
+        .map_err(|e| anyhow::anyhow!("network.subnet `{}`: {e}", config.subnet))
+}
+
+async fn process_driver(config: &Config) -> anyhow::Result<ProcessDriver> {
+    ProcessDriver::new(ProcessDriverConfig {
         state_dir: config.data_dir.join("machines"),
         images_dir: config.images_dir.clone(),
-        subnet: config
-            .subnet
-            .parse()
-            .map_err(|e| anyhow::anyhow!("network.subnet `{}`: {e}", config.subnet))?,
+        subnet: node_subnet(config)?,
         egress: config.egress,
         agent_bin: config.bin_dir.join("kiln-guest"),
         launcher_bin: config.bin_dir.join("kiln-launch"),
     })
     .await
-    .context("start the process driver")?;
-    Ok(Arc::new(driver))
+    .context("start the process driver")
+}
+
+/// The qemu driver's configuration from the platform's.
+pub fn qemu_config(config: &Config) -> anyhow::Result<QemuDriverConfig> {
+    Ok(QemuDriverConfig {
+        state_dir: config.data_dir.join("vms"),
+        images_dir: config.images_dir.clone(),
+        subnet: node_subnet(config)?,
+        egress: config.egress,
+        agent_bin: config.bin_dir.join("kiln-guest"),
+        kernel: config.vm_kernel.clone(),
+        kernel_modules: config.vm_kernel_modules.clone(),
+        workspace_mib: config.vm_workspace_mib,
+    })
+}
+
+async fn qemu_driver(config: &Config) -> anyhow::Result<QemuDriver> {
+    Ok(QemuDriver::new(qemu_config(config)?).await?)
 }
 
 /// Writes a file only its owner can read (tokens, keys), atomically: a temporary file,

@@ -6,6 +6,7 @@ use std::str::FromStr;
 use clap::Parser;
 
 use crate::agent::{AgentConfig, ListenAddr, RunAs};
+use crate::config::{ConfigError, GuestConfig};
 
 /// The flag init adds when it re-executes itself as the serving child.
 pub const SERVE_FLAG: &str = "--serve";
@@ -20,8 +21,21 @@ pub const SERVE_FLAG: &str = "--serve";
 pub struct Cli {
     /// Where to listen: `fd:N` (an inherited listening socket), `unix:PATH`, `tcp:IP:PORT` or
     /// `vsock:PORT`.
-    #[arg(long, value_name = "fd:N|unix:PATH|tcp:IP:PORT|vsock:PORT")]
-    pub listen: ListenAddr,
+    #[arg(
+        long,
+        value_name = "fd:N|unix:PATH|tcp:IP:PORT|vsock:PORT",
+        required_unless_present = "config"
+    )]
+    pub listen: Option<ListenAddr>,
+
+    /// Read listen address, machine id, environment, token and workspace from this JSON file
+    /// (see [`crate::config::GuestConfig`]) instead of flags; the only way to give a token.
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with_all = ["listen", "machine_id", "env", "workspace"]
+    )]
+    pub config: Option<PathBuf>,
 
     /// The workspace root; file paths are confined to it and commands run in it.
     #[arg(long, value_name = "DIR", default_value = "/workspace")]
@@ -75,7 +89,31 @@ impl Cli {
         }
     }
 
-    /// The serving configuration these flags describe.
+    /// Where to listen and how to serve: from `--config` when given, else from the flags.
+    pub fn settings(&self) -> Result<(ListenAddr, AgentConfig), ConfigError> {
+        let Some(path) = &self.config else {
+            let listen = self
+                .listen
+                .clone()
+                .expect("clap requires --listen unless --config is given");
+            return Ok((listen, self.agent_config()));
+        };
+        let file = GuestConfig::load(path)?;
+        let listen = file.listen_addr().map_err(|e| ConfigError::Invalid {
+            path: path.clone(),
+            detail: e.to_string(),
+        })?;
+        let config = AgentConfig {
+            workspace: file.workspace,
+            machine_id: file.machine_id,
+            run_as: self.run_as,
+            env: file.env.into_iter().collect(),
+            token: file.token,
+        };
+        Ok((listen, config))
+    }
+
+    /// The serving configuration the flags describe (without `--config`).
     pub fn agent_config(&self) -> AgentConfig {
         AgentConfig {
             workspace: self.workspace.clone(),
@@ -86,6 +124,7 @@ impl Cli {
                 .iter()
                 .map(|var| (var.key.clone(), var.value.clone()))
                 .collect(),
+            token: None,
         }
     }
 }
@@ -132,7 +171,7 @@ mod tests {
             "--listen", "fd:3", "--env", "A=1", "--env", "B=x=y", "--env", "C=",
         ])
         .expect("parse");
-        assert_eq!(cli.listen, ListenAddr::Fd(3));
+        assert_eq!(cli.listen, Some(ListenAddr::Fd(3)));
         assert_eq!(cli.workspace, PathBuf::from("/workspace"));
         assert_eq!(
             cli.run_as,
@@ -159,10 +198,29 @@ mod tests {
             &["--listen", "fd:3", "--env", "=x"],
             &["--listen", "fd:3", "--env", "NOEQUALS"],
             &["--listen", "fd:3", "--run-as", "app"],
+            &["--config", "/run/kiln/agent.json", "--listen", "fd:3"],
+            &["--config", "/run/kiln/agent.json", "--env", "A=1"],
             &[],
         ] {
             assert!(parse(args).is_err(), "{args:?}");
         }
+    }
+
+    #[test]
+    fn config_replaces_flags() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("agent.json");
+        std::fs::write(
+            &path,
+            r#"{"listen":"tcp:127.0.0.1:7000","machine_id":"m1","token":"s3cret","env":{"K":"v"}}"#,
+        )
+        .expect("write");
+        let cli = parse(&["--config", path.to_str().expect("utf-8"), "--poweroff"]).expect("parse");
+        let (listen, config) = cli.settings().expect("settings");
+        assert_eq!(listen.to_string(), "tcp:127.0.0.1:7000");
+        assert_eq!(config.machine_id.as_deref(), Some("m1"));
+        assert_eq!(config.env, [("K".to_owned(), "v".to_owned())]);
+        assert!(config.token.is_some_and(|t| t.matches("s3cret")));
     }
 
     #[test]

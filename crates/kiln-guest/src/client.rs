@@ -21,6 +21,7 @@ use tokio::net::{TcpStream, UnixStream};
 use tokio_util::codec::Framed;
 
 use crate::Io;
+use crate::protocol::AgentToken;
 use crate::protocol::{
     DirEntry, ErrorBody, ErrorKind, ExecRequest, ExitInfo, FileStat, Frame, FrameCodec, FrameError,
     FrameKind, HealthInfo, MAX_FRAME_LEN, PortStatus, ProcessInfo, ProcessSpec, Request, Response,
@@ -135,6 +136,9 @@ pub enum AgentError {
     /// The agent is too old to know the request.
     #[error("{0}")]
     Unsupported(String),
+    /// The agent refused the connection's token.
+    #[error("{0}")]
+    Unauthorized(String),
     /// The body given to [`AgentClient::put_file`] failed; nothing was written.
     #[error("reading the upload body failed")]
     Body(#[source] io::Error),
@@ -152,6 +156,7 @@ impl From<ErrorBody> for AgentError {
             ErrorKind::InvalidRequest => AgentError::InvalidRequest(message),
             ErrorKind::Io => AgentError::Io(message),
             ErrorKind::Unsupported => AgentError::Unsupported(message),
+            ErrorKind::Unauthorized => AgentError::Unauthorized(message),
             ErrorKind::Other => AgentError::Protocol(format!("unknown error kind: {message}")),
         }
     }
@@ -269,6 +274,7 @@ pub struct AgentClient {
     endpoint: Endpoint,
     connect_timeout: Duration,
     request_timeout: Duration,
+    token: Option<AgentToken>,
 }
 
 impl AgentClient {
@@ -287,6 +293,16 @@ impl AgentClient {
             endpoint,
             connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
             request_timeout: Self::DEFAULT_REQUEST_TIMEOUT,
+            token: None,
+        }
+    }
+
+    /// The same client, opening every connection with `token` (see the protocol's
+    /// authentication section); for agents reached over a network.
+    pub fn with_token(self, token: AgentToken) -> AgentClient {
+        AgentClient {
+            token: Some(token),
+            ..self
         }
     }
 
@@ -580,6 +596,13 @@ impl AgentClient {
             )));
         }
         let mut conn = self.connect().await?;
+        if let Some(token) = &self.token {
+            // Queued, not flushed: the token and the request leave in one write.
+            let auth = Request::Auth {
+                token: token.clone(),
+            };
+            conn.feed(Frame::control(&auth)?).await?;
+        }
         conn.send(frame).await?;
         let response = self.read_response(&mut conn).await?;
         Ok((conn, response))

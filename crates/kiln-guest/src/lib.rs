@@ -16,6 +16,7 @@
 //!   every orphan, forwards termination signals and exits with the child.
 //! - [`cli`]: the `kiln-guest` command line.
 //! - [`vsock`]: the host side of Firecracker's vsock (`CONNECT <port>` over a unix socket).
+//! - [`cli`]: the `kiln-guest` command line; [`config`]: its `--config` file.
 //!
 //! # The protocol in one paragraph
 //!
@@ -45,6 +46,7 @@
 pub mod agent;
 pub mod cli;
 pub mod client;
+pub mod config;
 pub mod init;
 pub mod protocol;
 pub mod vsock;

@@ -20,8 +20,15 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
 
+    let (listen, config) = match cli.settings() {
+        Ok(settings) => settings,
+        Err(err) => {
+            tracing::error!(err = %error_chain(&err), "cannot start");
+            return ExitCode::from(2);
+        }
+    };
     // Adopted once, first thing, in either mode: the descriptor number is ours to own.
-    let inherited = match cli.listen {
+    let inherited = match listen {
         ListenAddr::Fd(fd) => match agent::adopt_listening_fd(fd) {
             Ok(owned) => Some(owned),
             Err(err) => {
@@ -55,13 +62,17 @@ fn main() -> ExitCode {
         Mode::Serve => {
             // Before the runtime starts threads, which inherit the mask.
             init::unblock_signals();
-            serve(&cli, inherited)
+            serve(&listen, config, inherited)
         }
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
-fn serve(cli: &Cli, inherited: Option<std::os::fd::OwnedFd>) -> i32 {
+fn serve(
+    listen: &ListenAddr,
+    config: kiln_guest::agent::AgentConfig,
+    inherited: Option<std::os::fd::OwnedFd>,
+) -> i32 {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -73,10 +84,10 @@ fn serve(cli: &Cli, inherited: Option<std::os::fd::OwnedFd>) -> i32 {
         }
     };
     let result = runtime.block_on(async {
-        let listener = Listener::bind(&cli.listen, inherited).map_err(|err| {
-            tracing::error!(listen = %cli.listen, %err, "cannot listen");
+        let listener = Listener::bind(listen, inherited).map_err(|err| {
+            tracing::error!(%listen, %err, "cannot listen");
         })?;
-        agent::serve_until_signalled(listener, cli.agent_config())
+        agent::serve_until_signalled(listener, config)
             .await
             .map_err(|err| tracing::error!(err = %error_chain(&err), "guest agent failed"))
     });

@@ -52,6 +52,16 @@
 //! | [`Request::Archive`]         | [`Response::Archive`], then `Data` frames of a tar, then `End`                 |
 //! | [`Request::PortCheck`]       | [`Response::Port`]                                                            |
 //! | [`Request::Shutdown`]        | [`Response::Ok`], then the agent stops its processes and exits                |
+//! | [`Request::Auth`]            | nothing; the real request follows in the next frame (see below)               |
+//!
+//! # Authentication
+//!
+//! An agent reached over a network (the VM drivers' TCP channel) is given a per-machine token
+//! (`kiln-guest --config`, never on the command line) and then requires every connection to
+//! begin with a [`Request::Auth`] frame carrying it; the comparison takes constant time. A
+//! connection without it, or with another token, gets [`ErrorKind::Unauthorized`] and is
+//! closed. An agent without a token (the `process` driver's unix socket, which only root can
+//! open) accepts and ignores the frame, so one client works with both.
 //!
 //! An error in the middle of a stream (a read error while sending a file) is sent as
 //! [`Response::Error`] in place of the rest of the stream. A stream that ends without its
@@ -309,6 +319,48 @@ pub enum Request {
     },
     /// Stop every process gracefully and exit the agent (and with it the machine's init).
     Shutdown,
+    /// Proves the host may talk to this agent. When the agent was given a token it must be the
+    /// first frame of every connection, followed by the real request in the next frame; the
+    /// agent does not answer a valid one, and answers a missing or wrong one with an
+    /// `unauthorized` error and closes. An agent without a token skips it.
+    Auth {
+        /// The machine's agent token.
+        token: AgentToken,
+    },
+}
+
+/// A per-machine agent token. Its `Debug` form hides the value, so it never reaches a log.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct AgentToken(String);
+
+impl AgentToken {
+    /// Wraps a token value.
+    pub fn new(value: impl Into<String>) -> AgentToken {
+        AgentToken(value.into())
+    }
+
+    /// The token's value, for sending it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `offered` is this token, in time that depends only on the lengths, so that a
+    /// peer cannot learn the token byte by byte from response times.
+    pub fn matches(&self, offered: &str) -> bool {
+        let (a, b) = (self.0.as_bytes(), offered.as_bytes());
+        let diff = a
+            .iter()
+            .zip(b)
+            .fold(u8::from(a.len() != b.len()), |acc, (x, y)| acc | (x ^ y));
+        std::hint::black_box(diff) == 0
+    }
+}
+
+impl std::fmt::Debug for AgentToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AgentToken(..)")
+    }
 }
 
 /// A command to run to completion.
@@ -454,6 +506,20 @@ pub struct HealthInfo {
     pub version: String,
     /// The agent's [`PROTOCOL_VERSION`].
     pub protocol: u32,
+    /// Processes the kernel's OOM killer has killed since the kernel booted (`oom_kill` of
+    /// `/proc/vmstat`). Inside a VM that is the machine's own count; inside a `process`
+    /// machine it is the host's, and the driver uses its cgroup instead. Absent when the
+    /// kernel does not report it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oom_kills: Option<u64>,
+}
+
+/// The `oom_kill` counter of a `/proc/vmstat` text.
+pub fn parse_oom_kills(vmstat: &str) -> Option<u64> {
+    vmstat.lines().find_map(|line| {
+        let (name, value) = line.split_once(' ')?;
+        (name == "oom_kill").then(|| value.trim().parse().ok())?
+    })
 }
 
 /// What kind of file system object an entry is.
@@ -566,6 +632,8 @@ pub enum ErrorKind {
     Io,
     /// The agent does not know this request (it is older than the host).
     Unsupported,
+    /// The connection did not start with the machine's agent token.
+    Unauthorized,
     /// A kind this version does not know (the agent is newer than the host).
     #[serde(other)]
     Other,
@@ -613,6 +681,16 @@ mod base64_bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn oom_kills_are_read_from_vmstat() {
+        assert_eq!(
+            parse_oom_kills("nr_free_pages 1\noom_kill 3\nother 9\n"),
+            Some(3)
+        );
+        assert_eq!(parse_oom_kills("nr_free_pages 1\n"), None);
+        assert_eq!(parse_oom_kills("oom_kill x\n"), None);
+    }
 
     fn roundtrip(frame: Frame) -> Frame {
         let mut buf = BytesMut::new();

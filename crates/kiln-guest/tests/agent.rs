@@ -1096,3 +1096,73 @@ async fn concurrent_requests_are_served_in_parallel() {
         started.elapsed()
     );
 }
+
+/// An agent given a token over `--config` serves only connections that present it first, over
+/// TCP as in a VM; a wrong or missing token is refused with `unauthorized`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_from_the_config_file_guards_every_connection() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod tempdir");
+    let ws = dir.path().join("ws");
+    std::fs::create_dir(&ws).expect("mkdir ws");
+    if is_root() {
+        std::os::unix::fs::chown(&ws, Some(APP_ID), Some(APP_ID)).expect("chown ws");
+    }
+    // A free port: bind, note it, release it for the agent.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let config = dir.path().join("agent.json");
+    let body = serde_json::json!({
+        "listen": format!("tcp:127.0.0.1:{port}"),
+        "machine_id": "m-vm",
+        "token": "correct-horse",
+        "workspace": ws,
+        "env": {"FROM_CONFIG": "yes"},
+    });
+    std::fs::write(&config, body.to_string()).expect("write config");
+    let log = std::fs::File::create(dir.path().join("agent.log")).expect("log file");
+    let mut child = spawn(
+        env!("CARGO_BIN_EXE_kiln-guest"),
+        &["--config".to_owned(), config.display().to_string()],
+        dir.path(),
+        log,
+    );
+    let endpoint = Endpoint::Tcp(([127, 0, 0, 1], port).into());
+    let good = AgentClient::new(endpoint.clone())
+        .with_token(kiln_guest::protocol::AgentToken::new("correct-horse"));
+    let health = eventually("the agent answers with its token", || {
+        let good = good.clone();
+        async move { good.health().await.ok() }
+    })
+    .await;
+    assert_eq!(health.machine_id.as_deref(), Some("m-vm"));
+
+    let out = good
+        .exec_collect(ExecRequest::new(["sh", "-c", "echo $FROM_CONFIG"]))
+        .await
+        .expect("exec with the token");
+    assert_eq!(text(&out.stdout), "yes\n");
+
+    let none = AgentClient::new(endpoint.clone());
+    let wrong = AgentClient::new(endpoint.clone())
+        .with_token(kiln_guest::protocol::AgentToken::new("correct-horsf"));
+    let short =
+        AgentClient::new(endpoint).with_token(kiln_guest::protocol::AgentToken::new("correct"));
+    for (what, client) in [
+        ("no token", none),
+        ("wrong token", wrong),
+        ("prefix", short),
+    ] {
+        match client.health().await {
+            Err(AgentError::Unauthorized(message)) => {
+                assert!(message.contains("token"), "{what}: {message}")
+            }
+            other => panic!("{what}: expected unauthorized, got {other:?}"),
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -146,10 +146,10 @@ pub enum RuntimeError {
     },
 
     /// The agent answered with another machine's identity.
-    #[error("the agent on {socket} is machine {found}, expected {expected}")]
+    #[error("the agent at {endpoint} is machine {found}, expected {expected}")]
     AgentMismatch {
-        /// The socket asked.
-        socket: PathBuf,
+        /// Where the agent was asked (`unix:PATH`, `tcp:ADDR`).
+        endpoint: String,
         /// The id it reported.
         found: String,
         /// The id the driver expected.

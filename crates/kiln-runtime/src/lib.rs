@@ -1,4 +1,4 @@
-//! Machine drivers (process, firecracker; later qemu), node networking and images.
+//! Machine drivers (process, qemu, firecracker), node networking and images.
 //!
 //! A *machine* is Kiln's unit of isolation: an image root, a workspace volume, limits, its own
 //! network address and the guest agent as PID 1. The rest of the platform reaches a machine only
@@ -9,6 +9,8 @@
 //!   default where no usable KVM exists).
 //! - [`firecracker`]: one Firecracker microVM per machine, configured through its API socket,
 //!   a tap on the org's bridge, the agent over vsock, the jailer when configured.
+//! - [`vm`]: guest images (kernel, initramfs, ext4 disks) and the `qemu` driver: real VMs
+//!   with a tap on the org's bridge and the agent over TCP with a per-machine token.
 //! - [`net`]: per-org bridges and /24 slices, veth pairs, the `inet kiln` nftables table.
 //! - [`image`]: image definitions and the store that builds them with mmdebstrap.
 //! - [`launch`]: the `kiln-launch` program that turns prepared namespaces into a machine.
@@ -16,6 +18,7 @@
 
 #![deny(unsafe_code)]
 
+mod addresses;
 mod cgroup;
 mod error;
 pub mod firecracker;
@@ -25,6 +28,8 @@ mod lock;
 pub mod net;
 pub mod process;
 pub mod spawn;
+mod state;
+pub mod vm;
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
@@ -37,6 +42,7 @@ pub use crate::{
     image::{ImageRef, ImageStore, default_image},
     net::Ipv4Cidr,
     process::{ProcessDriver, ProcessDriverConfig},
+    vm::{QemuDriver, QemuDriverConfig},
 };
 
 /// What to boot: identity, owner, image, limits and the agent's base environment.

@@ -167,6 +167,49 @@ pub fn veth_name(id: &str) -> String {
     format!("kv{}", &hash[..12])
 }
 
+/// The tap device of VM `id` (15 characters at most, as Linux requires).
+pub fn tap_name(id: &str) -> String {
+    let hash = hex::encode(Sha256::digest(id.as_bytes()));
+    format!("kt{}", &hash[..12])
+}
+
+/// The MAC of the machine holding `address`. It follows from the address, so a machine that
+/// later gets a reused address has the MAC the node's neighbour cache already holds for it:
+/// no stale ARP entry sends its first packets to a machine that is gone.
+pub fn guest_mac(address: Ipv4Addr) -> String {
+    let [a, b, c, d] = address.octets();
+    format!("02:4b:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
+}
+
+/// Creates VM `id`'s tap device as a port of `slice`'s bridge. Leftovers must have been
+/// removed with [`remove_tap`].
+pub(crate) async fn create_tap(id: &str, slice: Ipv4Cidr) -> Result<String, RuntimeError> {
+    let tap = tap_name(id);
+    let bridge = bridge_name(slice);
+    let batch = format!(
+        "tuntap add dev {tap} mode tap
+         link set {tap} master {bridge} up
+"
+    );
+    run_tool("ip", &["-batch", "-"], Some(&batch)).await?;
+    disable_ipv6(&tap);
+    Ok(tap)
+}
+
+/// Removes VM `id`'s tap device; a missing one is fine.
+pub(crate) async fn remove_tap(id: &str) -> Result<(), RuntimeError> {
+    let tap = tap_name(id);
+    if link_exists(&tap) {
+        run_tool("ip", &["link", "del", &tap], None).await?;
+    }
+    Ok(())
+}
+
+/// Whether VM `id`'s tap device exists.
+pub fn tap_exists(id: &str) -> bool {
+    link_exists(&tap_name(id))
+}
+
 /// The named network namespace of machine `id`.
 pub fn netns_name(id: &str) -> String {
     format!("kiln-{id}")
@@ -245,7 +288,7 @@ pub(crate) async fn remove_bridge(name: &str) -> Result<(), RuntimeError> {
     Ok(())
 }
 
-fn disable_ipv6(iface: &str) {
+pub(crate) fn disable_ipv6(iface: &str) {
     let path = format!("/proc/sys/net/ipv6/conf/{iface}/disable_ipv6");
     if let Err(e) = fs::write(&path, "1") {
         // Kernels without IPv6 have no such file, which is the state we want anyway.
@@ -267,11 +310,7 @@ pub(crate) async fn create_machine_link(net: &MachineNet) -> Result<(), RuntimeE
     let ns = netns_name(&net.id);
     let veth = veth_name(&net.id);
     let bridge = bridge_name(net.slice);
-    // The guest's MAC follows from its address, so a machine that later gets a reused address
-    // has the MAC the node's neighbour cache already holds for it: no stale ARP entry sends
-    // its first packets to a machine that is gone.
-    let [a, b, c, d] = net.address.octets();
-    let mac = format!("02:4b:{a:02x}:{b:02x}:{c:02x}:{d:02x}");
+    let mac = guest_mac(net.address);
     // One `ip` process per namespace: this is the host side, [`configure_guest`] the other.
     let host = format!(
         "netns add {ns}\n\

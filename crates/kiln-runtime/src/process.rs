@@ -33,11 +33,11 @@
 //!   `ps` shows to every host user.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    collections::HashMap,
     fs,
     io::ErrorKind,
     net::Ipv4Addr,
-    os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt, chown},
+    os::unix::fs::{DirBuilderExt, PermissionsExt, chown},
     path::{Path, PathBuf},
     process::Stdio,
     sync::{Arc, Mutex},
@@ -51,13 +51,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     Driver, MachineInfo, MachineSpec, OrgNetwork,
+    addresses::{Claim, NodeNetwork},
     cgroup::{self, Limits, MachineCgroups},
     error::{IoContext, RuntimeError},
     image::{self, ImageRef, ImageStore},
     launch::LaunchConfig,
-    lock,
     net::{self, Ipv4Cidr, MachineNet},
     spawn,
+    state::{machine_ids, read_json, validate_id, write_json},
 };
 
 /// How long a booting agent may take to answer health.
@@ -131,19 +132,8 @@ struct Inner {
     cgroup_root: PathBuf,
     /// One lock per machine id, so start/stop/destroy of one machine never interleave.
     machine_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// Serialises address allocation within this process (the flock does across processes).
-    alloc: tokio::sync::Mutex<()>,
-    /// Bridges this process has put into the nftables `same_bridge` set, so that costs one
-    /// `nft` run per bridge and process rather than one per machine start.
-    allowed_bridges: Mutex<HashSet<String>>,
-}
-
-/// `<state_dir>/network.json`.
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct NetworkState {
-    subnet: Option<Ipv4Cidr>,
-    /// org id → index of its /24 slice.
-    orgs: BTreeMap<String, u32>,
+    /// Org slices, addresses and bridges.
+    network: NodeNetwork,
 }
 
 /// `<state_dir>/<id>/machine.json`.
@@ -180,36 +170,21 @@ impl ProcessDriver {
         cgroup::prepare(&cgroup_root)?;
         fs::create_dir_all(&cfg.state_dir)
             .ctx(|| format!("create state directory {}", cfg.state_dir.display()))?;
+        let state_dir = cfg.state_dir.clone();
+        let network =
+            NodeNetwork::open(cfg.state_dir.clone(), cfg.subnet, cfg.egress, &move || {
+                claims(&state_dir)
+            })
+            .await?;
         let driver = Self {
             inner: Arc::new(Inner {
                 images: ImageStore::new(&cfg.images_dir),
                 cfg,
                 cgroup_root,
                 machine_locks: Mutex::default(),
-                alloc: tokio::sync::Mutex::new(()),
-                allowed_bridges: Mutex::default(),
+                network,
             }),
         };
-        let bridges = {
-            let _guard = driver.inner.alloc.lock().await;
-            let _flock = lock::exclusive(&driver.network_lock_path()).await?;
-            let mut state = driver.load_network()?;
-            driver.check_subnet(&mut state)?;
-            driver.save_network(&state)?;
-            state
-                .orgs
-                .values()
-                .filter_map(|&i| driver.inner.cfg.subnet.slice(i))
-                .map(net::bridge_name)
-                .collect::<Vec<_>>()
-        };
-        net::install_firewall(driver.inner.cfg.subnet, driver.inner.cfg.egress, &bridges).await?;
-        driver
-            .inner
-            .allowed_bridges
-            .lock()
-            .expect("bridge set lock is never held across a panic")
-            .extend(bridges);
         Ok(driver)
     }
 
@@ -247,31 +222,11 @@ impl ProcessDriver {
     /// slice assignments stay, so a later start recreates the same bridge with the same
     /// addresses.
     pub async fn remove_idle_bridges(&self) -> Result<(), RuntimeError> {
-        let _guard = self.inner.alloc.lock().await;
-        let _flock = lock::exclusive(&self.network_lock_path()).await?;
-        let state = self.load_network()?;
-        let busy: BTreeSet<Ipv4Cidr> = self
-            .records()?
-            .into_iter()
-            .filter(|r| r.address.is_some())
-            .map(|r| r.slice)
-            .collect();
-        for &index in state.orgs.values() {
-            let Some(slice) = self.inner.cfg.subnet.slice(index) else {
-                continue;
-            };
-            if busy.contains(&slice) {
-                continue;
-            }
-            let bridge = net::bridge_name(slice);
-            net::remove_bridge(&bridge).await?;
-            self.inner
-                .allowed_bridges
-                .lock()
-                .expect("bridge set lock is never held across a panic")
-                .remove(&bridge);
-        }
-        Ok(())
+        let dir = self.inner.cfg.state_dir.clone();
+        self.inner
+            .network
+            .remove_idle_bridges(&move || claims(&dir))
+            .await
     }
 
     fn machine_dir(&self, id: &str) -> PathBuf {
@@ -280,10 +235,6 @@ impl ProcessDriver {
 
     fn socket_path(&self, id: &str) -> PathBuf {
         self.machine_dir(id).join("agent.sock")
-    }
-
-    fn network_lock_path(&self) -> PathBuf {
-        self.inner.cfg.state_dir.join(".network.lock")
     }
 
     fn cgroups(&self, id: &str) -> MachineCgroups {
@@ -300,42 +251,6 @@ impl ProcessDriver {
             .clone()
     }
 
-    fn load_network(&self) -> Result<NetworkState, RuntimeError> {
-        read_json(&self.inner.cfg.state_dir.join("network.json")).map(Option::unwrap_or_default)
-    }
-
-    fn save_network(&self, state: &NetworkState) -> Result<(), RuntimeError> {
-        write_json(&self.inner.cfg.state_dir.join("network.json"), state)
-    }
-
-    /// A state directory keeps the subnet it was set up with while machines hold addresses
-    /// from it; with none left it may move to a new subnet.
-    fn check_subnet(&self, state: &mut NetworkState) -> Result<(), RuntimeError> {
-        let subnet = self.inner.cfg.subnet;
-        match state.subnet {
-            Some(old) if old != subnet => {
-                let holders: Vec<String> = self
-                    .records()?
-                    .into_iter()
-                    .filter(|r| r.address.is_some())
-                    .map(|r| r.id)
-                    .collect();
-                if !holders.is_empty() {
-                    return Err(RuntimeError::InvalidConfig(format!(
-                        "state directory {} uses subnet {old}, but {subnet} is configured; stop machines {} first",
-                        self.inner.cfg.state_dir.display(),
-                        holders.join(", ")
-                    )));
-                }
-                state.orgs.clear();
-                state.subnet = Some(subnet);
-            }
-            Some(_) => {}
-            None => state.subnet = Some(subnet),
-        }
-        Ok(())
-    }
-
     fn read_record(&self, id: &str) -> Result<Option<MachineRecord>, RuntimeError> {
         read_json(&self.machine_dir(id).join("machine.json"))
     }
@@ -344,33 +259,8 @@ impl ProcessDriver {
         write_json(&self.machine_dir(&record.id).join("machine.json"), record)
     }
 
-    /// Every machine record in the state directory.
-    fn records(&self) -> Result<Vec<MachineRecord>, RuntimeError> {
-        let mut out = Vec::new();
-        for id in self.machine_ids()? {
-            if let Some(r) = self.read_record(&id)? {
-                out.push(r);
-            }
-        }
-        Ok(out)
-    }
-
-    /// Names of machine directories in the state directory.
     fn machine_ids(&self) -> Result<Vec<String>, RuntimeError> {
-        let dir = &self.inner.cfg.state_dir;
-        let entries = fs::read_dir(dir).ctx(|| format!("list {}", dir.display()))?;
-        let mut ids = Vec::new();
-        for entry in entries {
-            let entry = entry.ctx(|| format!("list {}", dir.display()))?;
-            let Ok(name) = entry.file_name().into_string() else {
-                continue;
-            };
-            if validate_id(&name).is_ok() && entry.path().is_dir() {
-                ids.push(name);
-            }
-        }
-        ids.sort();
-        Ok(ids)
+        machine_ids(&self.inner.cfg.state_dir)
     }
 
     /// Returns the running machine if its agent answers as `id`.
@@ -407,55 +297,6 @@ impl ProcessDriver {
         }
     }
 
-    /// Assigns the org's slice if it has none yet and brings up its bridge, under the
-    /// allocation locks.
-    async fn org_network_locked(&self, org_id: &str) -> Result<OrgNetwork, RuntimeError> {
-        let subnet = self.inner.cfg.subnet;
-        let mut state = self.load_network()?;
-        self.check_subnet(&mut state)?;
-        let index = match state.orgs.get(org_id) {
-            Some(&i) => i,
-            None => {
-                let taken: BTreeSet<u32> = state.orgs.values().copied().collect();
-                let i = (0..subnet.slice_count())
-                    .find(|i| !taken.contains(i))
-                    .ok_or_else(|| RuntimeError::SubnetExhausted {
-                        subnet: subnet.to_string(),
-                        org_id: org_id.to_owned(),
-                    })?;
-                state.orgs.insert(org_id.to_owned(), i);
-                self.save_network(&state)?;
-                i
-            }
-        };
-        let slice = subnet.slice(index).ok_or_else(|| {
-            RuntimeError::InvalidConfig(format!(
-                "network.json assigns slice {index} to org {org_id}, outside {subnet}"
-            ))
-        })?;
-        net::ensure_bridge(slice).await?;
-        let bridge = net::bridge_name(slice);
-        let known = self
-            .inner
-            .allowed_bridges
-            .lock()
-            .expect("bridge set lock is never held across a panic")
-            .contains(&bridge);
-        if !known {
-            net::allow_bridge(&bridge).await?;
-            self.inner
-                .allowed_bridges
-                .lock()
-                .expect("bridge set lock is never held across a panic")
-                .insert(bridge.clone());
-        }
-        Ok(OrgNetwork {
-            bridge,
-            slice,
-            gateway: slice.host(1),
-        })
-    }
-
     /// Assigns the org's slice (creating its bridge) and a free address in it, keeping the
     /// previous address when it is still free; writes the machine record.
     async fn allocate(
@@ -463,42 +304,30 @@ impl ProcessDriver {
         spec: &MachineSpec,
         previous: Option<&MachineRecord>,
     ) -> Result<MachineRecord, RuntimeError> {
-        let _guard = self.inner.alloc.lock().await;
-        let _flock = lock::exclusive(&self.network_lock_path()).await?;
-        let slice = self.org_network_locked(&spec.org_id).await?.slice;
-
-        let used: BTreeSet<Ipv4Addr> = self
-            .records()?
-            .into_iter()
-            .filter(|r| r.id != spec.id)
-            .filter_map(|r| r.address)
-            .filter(|a| slice.contains(*a))
-            .collect();
-        let kept = previous
-            .and_then(|p| p.address)
-            .filter(|a| slice.contains(*a) && !used.contains(a));
-        let address = match kept {
-            Some(a) => a,
-            None => (net::FIRST_HOST..=net::LAST_HOST)
-                .map(|n| slice.host(n))
-                .find(|a| !used.contains(a))
-                .ok_or_else(|| RuntimeError::AddressExhausted {
-                    slice: slice.to_string(),
-                })?,
-        };
-
-        let record = MachineRecord {
-            id: spec.id.clone(),
-            org_id: spec.org_id.clone(),
-            image: spec.image.clone(),
-            hostname: spec.hostname.clone(),
-            slice,
-            address: Some(address),
-            veth: net::veth_name(&spec.id),
-            netns: net::netns_name(&spec.id),
-        };
-        self.write_record(&record)?;
-        Ok(record)
+        let dir = self.inner.cfg.state_dir.clone();
+        self.inner
+            .network
+            .allocate(
+                &spec.org_id,
+                &spec.id,
+                previous.and_then(|p| p.address),
+                &move || claims(&dir),
+                |slice, address| {
+                    let record = MachineRecord {
+                        id: spec.id.clone(),
+                        org_id: spec.org_id.clone(),
+                        image: spec.image.clone(),
+                        hostname: spec.hostname.clone(),
+                        slice,
+                        address: Some(address),
+                        veth: net::veth_name(&spec.id),
+                        netns: net::netns_name(&spec.id),
+                    };
+                    self.write_record(&record)?;
+                    Ok(record)
+                },
+            )
+            .await
     }
 
     /// Boots a machine whose leftovers have been cleaned and whose address is allocated.
@@ -673,7 +502,7 @@ impl ProcessDriver {
         };
         if health.machine_id.as_deref() != Some(id) {
             return Err(RuntimeError::AgentMismatch {
-                socket: socket.to_owned(),
+                endpoint: format!("unix:{}", socket.display()),
                 found: health.machine_id.unwrap_or_default(),
                 expected: id.to_owned(),
             });
@@ -840,9 +669,11 @@ impl Driver for ProcessDriver {
     }
 
     async fn org_network(&self, org_id: &str) -> Result<OrgNetwork, RuntimeError> {
-        let _guard = self.inner.alloc.lock().await;
-        let _flock = lock::exclusive(&self.network_lock_path()).await?;
-        self.org_network_locked(org_id).await
+        let dir = self.inner.cfg.state_dir.clone();
+        self.inner
+            .network
+            .org_network(org_id, &move || claims(&dir))
+            .await
     }
 
     async fn running(&self) -> Result<Vec<String>, RuntimeError> {
@@ -857,6 +688,21 @@ impl Driver for ProcessDriver {
         validate_id(id)?;
         self.cgroups(id).oom_kills()
     }
+}
+
+/// The addresses the machine records in `dir` hold, for the node network's allocation.
+fn claims(dir: &Path) -> Result<Vec<Claim>, RuntimeError> {
+    let mut out = Vec::new();
+    for id in machine_ids(dir)? {
+        if let Some(r) = read_json::<MachineRecord>(&dir.join(&id).join("machine.json"))? {
+            out.push(Claim {
+                id: r.id,
+                slice: r.slice,
+                address: r.address,
+            });
+        }
+    }
+    Ok(out)
 }
 
 fn validate_config(cfg: &ProcessDriverConfig) -> Result<(), RuntimeError> {
@@ -899,29 +745,7 @@ fn validate_config(cfg: &ProcessDriverConfig) -> Result<(), RuntimeError> {
     Ok(())
 }
 
-/// Machine ids become directory, cgroup and namespace names, so only a safe alphabet passes.
-pub(crate) fn validate_id(id: &str) -> Result<(), RuntimeError> {
-    let bad = |reason| {
-        Err(RuntimeError::InvalidMachineId {
-            id: id.to_owned(),
-            reason,
-        })
-    };
-    if id.is_empty() || id.len() > 64 {
-        return bad("must be 1 to 64 characters long");
-    }
-    if !id
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    {
-        return bad("may contain only ASCII letters, digits, '_' and '-'");
-    }
-    if id.starts_with('-') {
-        return bad("must not start with '-'");
-    }
-    Ok(())
-}
-
+/// Checks a spec every driver must refuse: bad id, limits, hostname or environment.
 pub(crate) fn validate_spec(spec: &MachineSpec) -> Result<(), RuntimeError> {
     validate_id(&spec.id)?;
     let bad = |m: String| {
@@ -976,50 +800,17 @@ async fn wait_empty(cgroups: &MachineCgroups, within: Duration) {
     }
 }
 
+/// The last lines of a console log, for boot errors.
 pub(crate) fn console_tail(path: &Path) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(CONSOLE_TAIL_LINES)..].join("\n")
 }
 
-pub(crate) fn read_json<T: serde::de::DeserializeOwned>(
-    path: &Path,
-) -> Result<Option<T>, RuntimeError> {
-    match fs::read(path) {
-        Ok(bytes) => {
-            serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|source| RuntimeError::CorruptState {
-                    path: path.to_owned(),
-                    source,
-                })
-        }
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(RuntimeError::io(format!("read {}", path.display()), e)),
-    }
-}
-
-/// Writes via a temporary file and rename, so a crash never leaves half a state file. The file
-/// is readable by root only: state files may carry a machine's environment.
-pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), RuntimeError> {
-    use std::io::Write;
-    let tmp = path.with_extension("json.tmp");
-    let bytes = serde_json::to_vec_pretty(value).expect("state types serialise");
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .ctx(|| format!("create {}", tmp.display()))?;
-    file.write_all(&bytes)
-        .ctx(|| format!("write {}", tmp.display()))?;
-    drop(file);
-    fs::rename(&tmp, path).ctx(|| format!("rename {} to {}", tmp.display(), path.display()))
-}
-
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     #[test]
@@ -1074,28 +865,5 @@ mod tests {
             mutate(&mut s);
             assert!(validate_spec(&s).is_err(), "case {i} should fail");
         }
-    }
-
-    #[test]
-    fn state_files_round_trip() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("machine.json");
-        assert!(
-            read_json::<NetworkState>(&path)
-                .expect("missing is fine")
-                .is_none()
-        );
-        let mut state = NetworkState::default();
-        state.orgs.insert("org_1".into(), 3);
-        state.subnet = Some(Ipv4Cidr::DEFAULT_SUBNET);
-        write_json(&path, &state).expect("write");
-        let back: NetworkState = read_json(&path).expect("read").expect("present");
-        assert_eq!(back.orgs.get("org_1"), Some(&3));
-        assert_eq!(back.subnet, Some(Ipv4Cidr::DEFAULT_SUBNET));
-        fs::write(&path, "{").expect("write");
-        assert!(matches!(
-            read_json::<NetworkState>(&path),
-            Err(RuntimeError::CorruptState { .. })
-        ));
     }
 }

@@ -96,6 +96,9 @@ pub(crate) fn missing_program(program: &str) -> Option<RuntimeError> {
         "ip" => ("ip", "iproute2"),
         "nft" => ("nft", "nftables"),
         "mmdebstrap" => ("mmdebstrap", "mmdebstrap"),
+        "qemu-system-x86_64" => ("qemu-system-x86_64", "qemu-system-x86"),
+        "mkfs.ext4" => ("mkfs.ext4", "e2fsprogs"),
+        "debugfs" => ("debugfs", "e2fsprogs"),
         _ => return None,
     };
     Some(RuntimeError::MissingProgram { program, package })

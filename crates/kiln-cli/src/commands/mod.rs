@@ -69,6 +69,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bucket(cmd) => buckets::run(&client()?, &out, cmd).await,
         Command::Cron(cmd) => cron::run(&client()?, &out, cmd).await,
         Command::Db(cmd) => db::run(&client()?, &out, cmd).await,
+        Command::Image(cmd) => crate::image::run(&out, cmd)
+            .await
+            .map(|()| ExitCode::SUCCESS),
         Command::Nodes => {
             let nodes = client()?.nodes().await?;
             out.print(&nodes, || {

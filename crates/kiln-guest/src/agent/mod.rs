@@ -32,6 +32,8 @@ pub mod workspace;
 pub use listen::{ListenAddr, Listener, adopt_listening_fd};
 pub use spawn::RunAs;
 
+pub use crate::protocol::AgentToken;
+
 use self::exec::ExecGroups;
 use self::spawn::UserCommands;
 use self::supervisor::Supervisor;
@@ -54,6 +56,8 @@ pub struct AgentConfig {
     pub run_as: RunAs,
     /// Environment added to every command, over the base environment.
     pub env: Vec<(String, String)>,
+    /// When set, every connection must begin with [`Request::Auth`] carrying this token.
+    pub token: Option<AgentToken>,
 }
 
 /// Why the agent could not start serving.
@@ -84,6 +88,7 @@ pub(crate) struct Agent {
     supervisor: Supervisor,
     execs: Arc<ExecGroups>,
     shutdown: CancellationToken,
+    token: Option<AgentToken>,
 }
 
 impl Agent {
@@ -114,6 +119,9 @@ impl Agent {
             uptime_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             protocol: PROTOCOL_VERSION,
+            oom_kills: std::fs::read_to_string("/proc/vmstat")
+                .ok()
+                .and_then(|text| crate::protocol::parse_oom_kills(&text)),
         }
     }
 }
@@ -157,6 +165,7 @@ pub async fn serve(
         commands,
         execs: Arc::default(),
         shutdown: shutdown.clone(),
+        token: config.token,
     });
     tracing::info!(
         listen = %listener.describe(),
@@ -260,7 +269,7 @@ async fn handle_connection(agent: Arc<Agent>, stream: Box<dyn Io>) {
     let (read, write) = tokio::io::split(stream);
     let mut rx = FramedRead::new(read, FrameCodec);
     let mut tx = FramedWrite::new(write, FrameCodec);
-    let outcome = match read_request(&mut rx).await {
+    let outcome = match authenticated_request(&agent, &mut rx).await {
         Ok(request) => dispatch(&agent, request, &mut rx, &mut tx).await,
         Err(failure) => Err(failure),
     };
@@ -272,6 +281,25 @@ async fn handle_connection(agent: Arc<Agent>, stream: Box<dyn Io>) {
     }
     // Flush and half-close, so the host sees the end of the answer at once.
     let _ = tx.close().await;
+}
+
+/// The connection's request, after checking its [`Request::Auth`] frame when the agent has a
+/// token. An agent without a token skips such a frame.
+async fn authenticated_request(agent: &Agent, rx: &mut Rx) -> Result<Request, Failure> {
+    let unauthorized = || {
+        Failure::Reply(ErrorBody::new(
+            ErrorKind::Unauthorized,
+            "this agent requires its machine's token as the first frame of every connection",
+        ))
+    };
+    match (read_request(rx).await?, &agent.token) {
+        (Request::Auth { token }, Some(expected)) if expected.matches(token.expose()) => {
+            read_request(rx).await
+        }
+        (Request::Auth { .. }, None) => read_request(rx).await,
+        (_, Some(_)) => Err(unauthorized()),
+        (request, None) => Ok(request),
+    }
 }
 
 async fn read_request(rx: &mut Rx) -> Result<Request, Failure> {
@@ -339,6 +367,11 @@ async fn dispatch(
             }
             reply(tx, &Response::Port(port::check(port).await)).await
         }
+        Request::Auth { .. } => Err(ErrorBody::new(
+            ErrorKind::InvalidRequest,
+            "auth may only be the first frame of a connection",
+        )
+        .into()),
         Request::Shutdown => {
             tracing::info!("shutdown requested by the host");
             reply(tx, &Response::Ok).await?;

@@ -230,7 +230,7 @@ impl FirecrackerDriver {
         };
         if health.machine_id.as_deref() != Some(id) {
             return Err(RuntimeError::AgentMismatch {
-                socket: sockets.vsock.clone(),
+                endpoint: format!("vsock:{}", sockets.vsock.display()),
                 found: health.machine_id.unwrap_or_default(),
                 expected: id.to_owned(),
             });

@@ -67,8 +67,9 @@ use crate::{
     error::{IoContext, RuntimeError},
     lock,
     net::{self, Ipv4Cidr},
-    process::{read_json, validate_id, validate_spec, write_json},
+    process::validate_spec,
     spawn,
+    state::{read_json, validate_id, write_json},
 };
 
 /// The vsock port the guest agent listens on.

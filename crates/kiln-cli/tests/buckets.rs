@@ -392,8 +392,14 @@ async fn buckets_end_to_end() {
         .expect("exec");
     let access_key_id = created["access_key_id"].as_str().unwrap_or_default();
     assert_eq!(ran.exit_code, 0, "{} {}", ran.stdout, ran.stderr);
+    // The endpoint is the host's address on the machine's own bridge: its /24's `.1`.
+    let address = sandbox
+        .address
+        .as_deref()
+        .expect("a running sandbox has an address");
+    let gateway = format!("{}.1", &address[..address.rfind('.').expect("IPv4")]);
     assert!(
-        ran.stdout.contains("endpoint=http://10.94."),
+        ran.stdout.contains(&format!("endpoint=http://{gateway}:")),
         "{}",
         ran.stdout
     );

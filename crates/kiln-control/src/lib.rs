@@ -19,6 +19,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
+use kiln_runtime::firecracker::{FirecrackerConfig, FirecrackerDriver};
+use kiln_runtime::vm::{GuestImageStore, Kernel, VmGuestImage};
 use kiln_runtime::{Driver, ProcessDriver, ProcessDriverConfig, QemuDriver, QemuDriverConfig};
 use kiln_store::Store;
 use tokio_util::sync::CancellationToken;
@@ -235,22 +237,32 @@ fn edge_config(config: &Config) -> kiln_edge::EdgeConfig {
     }
 }
 
-/// The driver `KILN_RUNTIME` names, or the best available: `qemu` when a probe boot showed
-/// KVM works (a VM per machine at near-native speed), else `process` (TCG VMs are real
-/// isolation but far slower, so an operator opts into them explicitly).
+/// The driver `KILN_RUNTIME` names, or the best available. A probe boot decides whether KVM
+/// really runs guests here (on some hosts `/dev/kvm` exists and guests hang); if it does,
+/// `firecracker` when its binary is found, else `qemu`; without KVM, `process` (TCG VMs are
+/// real isolation but far slower, so an operator opts into them explicitly).
 async fn select_driver(config: &Config) -> anyhow::Result<Arc<dyn Driver>> {
     match config.runtime.as_deref() {
         Some("process") => Ok(Arc::new(process_driver(config).await?)),
         Some("qemu") => Ok(Arc::new(
             qemu_driver(config).await.context("start the qemu driver")?,
         )),
+        Some("firecracker") => Ok(Arc::new(
+            firecracker_driver(config)
+                .await
+                .context("start the firecracker driver")?,
+        )),
         Some(other) => {
-            bail!(
-                "the `{other}` driver is not available in this build; use KILN_RUNTIME=process or qemu"
-            )
+            bail!("there is no `{other}` driver; use KILN_RUNTIME=process, qemu or firecracker")
         }
         None => match qemu_driver(config).await {
-            Ok(qemu) if qemu.hardware_accelerated() => Ok(Arc::new(qemu)),
+            Ok(qemu) if qemu.hardware_accelerated() => match firecracker_driver(config).await {
+                Ok(firecracker) => Ok(Arc::new(firecracker)),
+                Err(e) => {
+                    tracing::info!(reason = %format!("{e:#}"), "firecracker is unavailable; using the qemu driver");
+                    Ok(Arc::new(qemu))
+                }
+            },
             Ok(_) => {
                 tracing::info!("VMs would run without KVM here; using the process driver");
                 Ok(Arc::new(process_driver(config).await?))
@@ -299,6 +311,26 @@ pub fn qemu_config(config: &Config) -> anyhow::Result<QemuDriverConfig> {
 
 async fn qemu_driver(config: &Config) -> anyhow::Result<QemuDriver> {
     Ok(QemuDriver::new(qemu_config(config)?).await?)
+}
+
+/// The firecracker driver, booting the same guest images as qemu; the binary, jailer and PCI
+/// mode come from `KILN_FIRECRACKER_*`.
+async fn firecracker_driver(config: &Config) -> anyhow::Result<FirecrackerDriver> {
+    let kernel = Kernel::locate(
+        config.vm_kernel.as_deref(),
+        config.vm_kernel_modules.as_deref(),
+    )?;
+    let images = GuestImageStore::new(
+        kiln_runtime::ImageStore::new(config.images_dir.clone()),
+        kernel,
+        config.bin_dir.join("kiln-guest"),
+    );
+    let guest = VmGuestImage::new(images, config.vm_workspace_mib, config.egress);
+    let mut cfg = FirecrackerConfig::new(config.data_dir.join("microvms"), Arc::new(guest))
+        .with_env(|name| std::env::var(name).ok())?;
+    cfg.subnet = node_subnet(config)?;
+    cfg.egress = config.egress;
+    Ok(FirecrackerDriver::new(cfg).await?)
 }
 
 /// Writes a file only its owner can read (tokens, keys), atomically: a temporary file,

@@ -19,9 +19,15 @@ use crate::error::{IoContext, RuntimeError};
 pub const DEFAULT_KERNEL_DIR: &str = "/var/cache/kiln/kernel/current";
 
 /// The modules a VM loads at boot (with their dependencies): the PCI transport, block and
-/// network devices, and the entropy source (so the agent's first `getrandom` does not wait).
-/// Firecracker guests also want `vmw_vsock_virtio_transport`.
-pub const VM_MODULES: &[&str] = &["virtio_pci", "virtio_blk", "virtio_net", "virtio_rng"];
+/// network devices, the entropy source (so the agent's first `getrandom` does not wait) and
+/// the vsock transport (the agent's channel under Firecracker).
+pub const VM_MODULES: &[&str] = &[
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_net",
+    "virtio_rng",
+    "vmw_vsock_virtio_transport",
+];
 
 /// A guest kernel and, when its drivers are modules, where they are.
 #[derive(Debug, Clone, PartialEq, Eq)]

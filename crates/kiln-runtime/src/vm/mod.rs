@@ -15,12 +15,15 @@
 pub mod accel;
 mod cpio;
 pub mod disk;
+pub mod firecracker_guest;
 pub mod image;
 pub mod initramfs;
 pub mod kernel;
+pub mod machine;
 pub mod qemu;
 
 pub use accel::Accel;
+pub use firecracker_guest::VmGuestImage;
 pub use image::{GuestImage, GuestImageStore};
 pub use kernel::Kernel;
 pub use qemu::{QemuDriver, QemuDriverConfig};

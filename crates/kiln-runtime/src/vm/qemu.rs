@@ -29,7 +29,7 @@ use std::{
     fs,
     io::ErrorKind,
     net::{Ipv4Addr, SocketAddr},
-    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
+    os::unix::fs::DirBuilderExt,
     path::{Path, PathBuf},
     process::Stdio,
     sync::{Arc, Mutex},
@@ -39,7 +39,6 @@ use std::{
 use async_trait::async_trait;
 use kiln_guest::{
     client::{AgentClient, Endpoint},
-    config::GuestConfig,
     protocol::AgentToken,
 };
 use nix::sys::signal::{Signal, kill};
@@ -48,14 +47,14 @@ use serde::{Deserialize, Serialize};
 use super::{
     accel::{self, Accel},
     image::GuestImageStore,
-    initramfs::{self, MachineBoot},
     kernel::Kernel,
+    machine::MachineSetup,
 };
 use crate::{
     Driver, MachineInfo, MachineSpec, OrgNetwork,
     addresses::{Claim, NodeNetwork},
     error::{IoContext, RuntimeError},
-    image::{self, ImageRef, ImageStore},
+    image::{ImageRef, ImageStore},
     net::{self, Ipv4Cidr},
     process::{console_tail, validate_spec},
     spawn,
@@ -418,42 +417,21 @@ impl QemuDriver {
         let id = &spec.id;
         let dir = self.machine_dir(id);
         let address = record.address.expect("allocate always sets an address");
-        let user = image::definition(&spec.image)?.user;
-
-        let workspace = dir.join("workspace.ext4");
-        if !workspace.exists() {
-            let tmp = dir.join("workspace.ext4.tmp");
-            super::disk::create_workspace(&tmp, self.inner.cfg.workspace_mib, user.uid, user.gid)
-                .await?;
-            fs::rename(&tmp, &workspace)
-                .ctx(|| format!("rename {} to {}", tmp.display(), workspace.display()))?;
-        }
-
-        let host_resolv = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-        let boot = MachineBoot {
-            hostname: spec.hostname.clone(),
-            address,
-            prefix: record.slice.prefix(),
-            gateway: record.slice.host(1),
-            user: (user.uid, user.gid, user.home.clone()),
-            etc: [
-                ("hosts", net::hosts_file(&spec.hostname, address)),
-                ("hostname", format!("{}\n", spec.hostname)),
-                (
-                    "resolv.conf",
-                    net::resolv_conf(self.inner.cfg.egress, &host_resolv),
-                ),
-            ],
-            agent: GuestConfig {
+        let files = super::machine::prepare(
+            &MachineSetup {
+                spec,
+                dir: &dir,
+                address,
+                slice: record.slice,
+                workspace_mib: self.inner.cfg.workspace_mib,
+                egress: self.inner.cfg.egress,
                 listen: format!("tcp:{address}:{AGENT_PORT}"),
-                machine_id: Some(id.clone()),
-                env: spec.env.clone(),
                 token: Some(AgentToken::new(record.token.clone())),
-                workspace: PathBuf::from("/workspace"),
             },
-        };
-        let initrd = dir.join("initrd.img");
-        write_initrd(&initrd, &guest.initramfs, &initramfs::machine_part(&boot)?)?;
+            guest,
+        )
+        .await?;
+        let (workspace, initrd) = (files.workspace, files.initrd);
         net::create_tap(id, record.slice).await?;
 
         let console = dir.join("console.log");
@@ -696,22 +674,6 @@ fn qemu_args(a: &QemuArgs<'_>) -> Vec<OsString> {
     push("-device".into());
     push("virtio-rng-pci".into());
     args
-}
-
-/// Writes the machine's initrd (base + machine part), readable by root only.
-fn write_initrd(path: &Path, base: &Path, machine: &[u8]) -> Result<(), RuntimeError> {
-    use std::io::Write;
-    let mut bytes = fs::read(base).ctx(|| format!("read {}", base.display()))?;
-    bytes.extend_from_slice(machine);
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .ctx(|| format!("create {}", path.display()))?;
-    file.write_all(&bytes)
-        .ctx(|| format!("write {}", path.display()))
 }
 
 /// A fresh agent token: 32 random bytes from the kernel, hex.

@@ -6,12 +6,12 @@
 //! streamed through; a header would need a second pass or a seek-and-patch.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncWriteExt;
 
 use crate::error::{ObjectStoreError, io_err};
 
@@ -47,10 +47,18 @@ pub struct ObjectMeta {
 }
 
 /// A temporary file being filled with a body; becomes visible only through [`publish`].
+///
+/// Body bytes are gathered into blocks; each block is hashed and written on a blocking thread
+/// while the next one arrives from the network, so the disk, the hash and the socket overlap.
 pub(crate) struct PendingFile {
     path: PathBuf,
-    file: tokio::io::BufWriter<tokio::fs::File>,
-    md5: Md5,
+    file: Arc<std::fs::File>,
+    /// Bytes not yet handed to a write.
+    block: Vec<u8>,
+    /// The block being hashed and written, giving the hash state back when done.
+    in_flight: Option<tokio::task::JoinHandle<std::io::Result<Md5>>>,
+    /// The hash state while no block is in flight.
+    md5: Option<Md5>,
     size: u64,
     /// Set once renamed into place; until then dropping the value removes the file (a
     /// client that hangs up mid-upload drops the request future, and with it this).
@@ -78,8 +86,10 @@ impl PendingFile {
             .map_err(io_err("create", &path))?;
         Ok(PendingFile {
             path,
-            file: tokio::io::BufWriter::with_capacity(WRITE_BUFFER, file),
-            md5: Md5::new(),
+            file: Arc::new(file.into_std().await),
+            block: Vec::with_capacity(WRITE_BUFFER),
+            in_flight: None,
+            md5: Some(Md5::new()),
             size: 0,
             published: false,
         })
@@ -87,12 +97,39 @@ impl PendingFile {
 
     /// Appends body bytes.
     pub(crate) async fn write(&mut self, chunk: &[u8]) -> Result<(), ObjectStoreError> {
-        self.md5.update(chunk);
         self.size += chunk.len() as u64;
-        self.file
-            .write_all(chunk)
-            .await
-            .map_err(io_err("write", &self.path))
+        self.block.extend_from_slice(chunk);
+        if self.block.len() >= WRITE_BUFFER {
+            self.write_block().await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the block in flight, then starts writing the gathered one.
+    async fn write_block(&mut self) -> Result<(), ObjectStoreError> {
+        let mut md5 = self.settle().await?;
+        let block = std::mem::replace(&mut self.block, Vec::with_capacity(WRITE_BUFFER));
+        let file = Arc::clone(&self.file);
+        self.in_flight = Some(tokio::task::spawn_blocking(move || {
+            md5.update(&block);
+            (&*file).write_all(&block)?;
+            Ok(md5)
+        }));
+        Ok(())
+    }
+
+    /// The hash state once no block is in flight.
+    async fn settle(&mut self) -> Result<Md5, ObjectStoreError> {
+        if let Some(handle) = self.in_flight.take() {
+            let md5 = handle
+                .await
+                .map_err(|e| ObjectStoreError::Body(format!("write task failed: {e}")))?
+                .map_err(io_err("write", &self.path))?;
+            return Ok(md5);
+        }
+        self.md5
+            .take()
+            .ok_or_else(|| ObjectStoreError::Body("an earlier write failed".into()))
     }
 
     /// Bytes written so far.
@@ -100,22 +137,25 @@ impl PendingFile {
         self.size
     }
 
-    /// The MD5 of the body so far.
-    pub(crate) fn md5(&self) -> [u8; 16] {
-        self.md5.clone().finalize().into()
+    /// Writes out everything gathered and answers the body's MD5.
+    pub(crate) async fn digest(&mut self) -> Result<[u8; 16], ObjectStoreError> {
+        if !self.block.is_empty() {
+            self.write_block().await?;
+        }
+        let md5 = self.settle().await?;
+        let digest = md5.clone().finalize().into();
+        self.md5 = Some(md5);
+        Ok(digest)
     }
 
-    /// Appends the trailer, flushes and fsyncs, then renames the file to `target` and fsyncs
-    /// the directory so the rename itself survives a crash.
+    /// Appends the trailer, fsyncs, then renames the file to `target` and fsyncs the
+    /// directory so the rename itself survives a crash.
     pub(crate) async fn publish(
         mut self,
         meta: &ObjectMeta,
         target: &Path,
     ) -> Result<(), ObjectStoreError> {
-        self.finish(meta, target).await
-    }
-
-    async fn finish(&mut self, meta: &ObjectMeta, target: &Path) -> Result<(), ObjectStoreError> {
+        self.digest().await?;
         let trailer = serde_json::to_vec(meta).map_err(|e| ObjectStoreError::Corrupt {
             path: target.to_path_buf(),
             reason: format!("metadata does not serialise: {e}"),
@@ -127,26 +167,20 @@ impl PendingFile {
                 path: target.to_path_buf(),
                 reason: "metadata larger than 1 MiB".into(),
             })?;
+        let file = Arc::clone(&self.file);
         let path = self.path.clone();
-        self.file
-            .write_all(&trailer)
-            .await
-            .map_err(io_err("write", &path))?;
-        self.file
-            .write_all(&len.to_le_bytes())
-            .await
-            .map_err(io_err("write", &path))?;
-        self.file
-            .write_all(MAGIC)
-            .await
-            .map_err(io_err("write", &path))?;
-        self.file.flush().await.map_err(io_err("flush", &path))?;
-        self.file
-            .get_ref()
-            .sync_all()
-            .await
-            .map_err(io_err("fsync", &path))?;
-        tokio::fs::rename(&path, target)
+        tokio::task::spawn_blocking(move || {
+            let mut footer = trailer;
+            footer.extend_from_slice(&len.to_le_bytes());
+            footer.extend_from_slice(MAGIC);
+            (&*file)
+                .write_all(&footer)
+                .map_err(io_err("write", &path))?;
+            file.sync_all().map_err(io_err("fsync", &path))
+        })
+        .await
+        .map_err(|e| ObjectStoreError::Body(format!("fsync task failed: {e}")))??;
+        tokio::fs::rename(&self.path, target)
             .await
             .map_err(io_err("rename", target))?;
         self.published = true;

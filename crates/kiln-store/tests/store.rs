@@ -812,6 +812,8 @@ mod cases {
         let photos = store
             .create_bucket("photos", &acme.id, &web.id, "KILNAAAA", "sealed-1")
             .await?;
+        // Listed oldest first: keep the two creations in different milliseconds.
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
         let logs = store
             .create_bucket("logs", &acme.id, &web.id, "KILNBBBB", "sealed-2")
             .await?;

@@ -1,7 +1,9 @@
 //! Benchmark: S3 PUT and GET throughput of 1 MiB and 64 MiB objects through the real `kiln
 //! up` (presigned URLs, HTTP on loopback), beside raw disk writes and reads of the same bytes
 //! in the same data dir, done the way the store does them (write, fsync, rename, fsync the
-//! directory). Run by `scripts/bench-platform.sh s3`.
+//! directory). GETs are measured twice: with the object in the page cache (both sides read
+//! memory) and cold, its pages dropped first with `posix_fadvise(DONTNEED)` on both sides (both
+//! read the disk). Run by `scripts/bench-platform.sh s3`.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -38,7 +40,8 @@ async fn main() -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     let raw_dir = kiln.data_dir().join("raw-baseline");
     std::fs::create_dir_all(&raw_dir)?;
-    println!("size     op    kiln MiB/s   raw MiB/s   kiln/raw");
+    let objects = kiln.data_dir().join("objects/buckets/bench/objects");
+    println!("size     op          kiln MiB/s   raw MiB/s   kiln/raw");
     for (size, rounds) in [(MIB, 40), (64 * MIB, 6)] {
         let body = bytes::Bytes::from((0..size).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
         let key = format!("obj-{}", size / MIB);
@@ -46,6 +49,7 @@ async fn main() -> anyhow::Result<()> {
         let get_url = presign(&api, "GET", &key).await?;
         let (mut puts, mut gets, mut raw_writes, mut raw_reads) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut cold_gets, mut cold_raw_reads) = (Vec::new(), Vec::new());
         for _ in 0..rounds {
             let started = Instant::now();
             let answer = http.put(&put_url).body(body.clone()).send().await?;
@@ -54,38 +58,64 @@ async fn main() -> anyhow::Result<()> {
             }
             puts.push(started.elapsed());
 
-            let started = Instant::now();
-            let answer = http.get(&get_url).send().await?;
-            let mut stream = answer.bytes_stream();
-            let mut got = 0;
-            while let Some(chunk) = stream.next().await {
-                got += chunk?.len();
-            }
-            if got != size {
-                bail!("GET returned {got} bytes, expected {size}");
-            }
-            gets.push(started.elapsed());
+            gets.push(get(&http, &get_url, size).await?);
+            drop_cache(&objects.join(&key))?;
+            cold_gets.push(get(&http, &get_url, size).await?);
 
             let started = Instant::now();
             raw_write(&raw_dir, &body)?;
             raw_writes.push(started.elapsed());
+            let raw = raw_dir.join("object");
             let started = Instant::now();
-            raw_read(&raw_dir.join("object"), size)?;
+            raw_read(&raw, size)?;
             raw_reads.push(started.elapsed());
+            drop_cache(&raw)?;
+            let started = Instant::now();
+            raw_read(&raw, size)?;
+            cold_raw_reads.push(started.elapsed());
         }
         let label = format!("{} MiB", size / MIB);
         for (op, kiln_t, raw_t) in [
-            ("PUT", &mut puts, &mut raw_writes),
-            ("GET", &mut gets, &mut raw_reads),
+            ("PUT (fsync)", &mut puts, &mut raw_writes),
+            ("GET cached", &mut gets, &mut raw_reads),
+            ("GET cold", &mut cold_gets, &mut cold_raw_reads),
         ] {
             let k = throughput(size, median(kiln_t));
             let r = throughput(size, median(raw_t));
             println!(
-                "{label:<8} {op}   {k:>10.0}   {r:>9.0}   {:>7.0}%",
+                "{label:<8} {op:<11} {k:>10.0}   {r:>9.0}   {:>7.0}%",
                 100.0 * k / r
             );
         }
     }
+    Ok(())
+}
+
+/// One GET, its body counted as it streams in.
+async fn get(http: &reqwest::Client, url: &str, size: usize) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let answer = http.get(url).send().await?;
+    let mut stream = answer.bytes_stream();
+    let mut got = 0;
+    while let Some(chunk) = stream.next().await {
+        got += chunk?.len();
+    }
+    if got != size {
+        bail!("GET returned {got} bytes, expected {size}");
+    }
+    Ok(started.elapsed())
+}
+
+/// Drops a (clean, fsynced) file's pages from the page cache, so the next read hits the disk.
+fn drop_cache(path: &Path) -> anyhow::Result<()> {
+    let file = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
+    nix::fcntl::posix_fadvise(
+        &file,
+        0,
+        0,
+        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+    )
+    .with_context(|| format!("drop the page cache of {}", path.display()))?;
     Ok(())
 }
 

@@ -301,7 +301,11 @@ async fn publish_deploy_rollback() {
         task.await.expect("load task");
     }
     eprintln!("promotion / rollback times under load: {switch_times:?}");
-    assert!(ok.load(Ordering::Relaxed) > 100, "the load generator ran");
+    let (served, refused) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert!(
+        served > 100,
+        "the load generator ran: {served} answered, {refused} failed"
+    );
     assert_eq!(
         failed.load(Ordering::Relaxed),
         0,

@@ -123,3 +123,25 @@ pub trait Driver: Send + Sync + 'static {
     /// exec that it died of the memory limit. Zero for a machine that is not running.
     async fn oom_kills(&self, id: &str) -> Result<u64, RuntimeError>;
 }
+
+/// Stops every running machine of `driver` side by side. Errors are logged, not returned, so
+/// one stuck machine does not keep the others running (for a node shutting down for good).
+pub(crate) async fn stop_all<D: Driver + Clone>(driver: &D) {
+    let ids = match driver.running().await {
+        Ok(ids) => ids,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot list machines to shut down");
+            return;
+        }
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for id in ids {
+        let driver = driver.clone();
+        tasks.spawn(async move {
+            if let Err(e) = driver.stop(&id).await {
+                tracing::error!(machine = %id, error = %e, "cannot stop machine");
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}

@@ -267,23 +267,7 @@ impl FirecrackerDriver {
     /// node shuts down for good). Errors are logged, so one stuck machine does not keep the
     /// others running.
     pub async fn shutdown_all(&self) {
-        let ids = match self.running().await {
-            Ok(ids) => ids,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot list machines to shut down");
-                return;
-            }
-        };
-        let mut tasks = tokio::task::JoinSet::new();
-        for id in ids {
-            let driver = self.clone();
-            tasks.spawn(async move {
-                if let Err(e) = driver.stop(&id).await {
-                    tracing::error!(machine = %id, error = %e, "cannot stop machine");
-                }
-            });
-        }
-        while tasks.join_next().await.is_some() {}
+        crate::stop_all(self).await;
         if let Err(e) = self.remove_idle_bridges().await {
             tracing::error!(error = %e, "cannot remove org bridges");
         }

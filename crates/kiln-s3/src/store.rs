@@ -102,16 +102,8 @@ impl OpenObject {
         range: Option<Range<u64>>,
     ) -> Result<impl Stream<Item = std::io::Result<Bytes>> + Send + 'static, ObjectStoreError> {
         let range = range.unwrap_or(0..self.meta.size);
-        // Ask the kernel to start reading the whole range now, so a cold object streams at
-        // disk speed; for cached pages this is a no-op. Only a hint: failure changes nothing.
-        let _ = nix::fcntl::posix_fadvise(
-            &self.file,
-            i64::try_from(range.start).unwrap_or(0),
-            i64::try_from(range.end - range.start).unwrap_or(0),
-            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
-        );
         let file = Arc::new(self.file);
-        let first = read_block(&file, range.start, range.end);
+        let first = read_block(&file, range.start, range.end, ReadAhead::WholeRange);
         let state = (file, range.start, range.end, first);
         Ok(futures::stream::unfold(
             state,
@@ -123,7 +115,7 @@ impl OpenObject {
                 };
                 let next = offset + len;
                 let following = if block.is_ok() {
-                    read_block(&file, next, end)
+                    read_block(&file, next, end, ReadAhead::Kernel)
                 } else {
                     None
                 };
@@ -135,16 +127,44 @@ impl OpenObject {
 
 type BlockRead = (u64, tokio::task::JoinHandle<std::io::Result<Bytes>>);
 
+/// Whether a block read first asks the kernel to read the rest of the range ahead.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ReadAhead {
+    /// The first block: the whole range is requested at once, so a cold object streams at
+    /// disk speed (for cached pages this is a no-op; only a hint, so failure changes nothing).
+    WholeRange,
+    /// Later blocks: the request is in flight already.
+    Kernel,
+}
+
 /// Starts reading the block at `offset` (up to `end`); `None` past the end.
-fn read_block(file: &Arc<std::fs::File>, offset: u64, end: u64) -> Option<BlockRead> {
+fn read_block(
+    file: &Arc<std::fs::File>,
+    offset: u64,
+    end: u64,
+    read_ahead: ReadAhead,
+) -> Option<BlockRead> {
     if offset >= end {
         return None;
     }
     let len = (end - offset).min(READ_BLOCK);
     let file = Arc::clone(file);
     let handle = tokio::task::spawn_blocking(move || {
-        let mut buf = vec![0u8; len as usize];
-        std::os::unix::fs::FileExt::read_exact_at(&*file, &mut buf, offset)?;
+        if read_ahead == ReadAhead::WholeRange {
+            let _ = nix::fcntl::posix_fadvise(
+                &*file,
+                i64::try_from(offset).unwrap_or(i64::MAX),
+                i64::try_from(end - offset).unwrap_or(0),
+                nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
+            );
+        }
+        // `read_to_end` fills the spare capacity without zeroing it first.
+        let mut buf = Vec::with_capacity(len as usize);
+        (&*file).seek(SeekFrom::Start(offset))?;
+        (&*file).take(len).read_to_end(&mut buf)?;
+        if buf.len() as u64 != len {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
         Ok(Bytes::from(buf))
     });
     Some((len, handle))
@@ -431,7 +451,7 @@ impl ObjectStore {
         };
         let json = serde_json::to_vec(&info).map_err(|e| ObjectStoreError::Body(e.to_string()))?;
         let mut pending = PendingFile::create(&dir).await?;
-        pending.write(&json).await?;
+        pending.write(json.into()).await?;
         let meta = ObjectMeta {
             key: "upload.json".into(),
             size: pending.size(),
@@ -632,7 +652,7 @@ where
 {
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| ObjectStoreError::Body(e.to_string()))?;
-        pending.write(&chunk).await?;
+        pending.write(chunk).await?;
     }
     Ok(())
 }
@@ -652,7 +672,7 @@ async fn copy_part_body(
     );
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(io_err("read", path))?;
-        pending.write(&chunk).await?;
+        pending.write(chunk).await?;
     }
     Ok(())
 }

@@ -183,7 +183,9 @@ impl FirecrackerDriver {
             }
         };
         let socket_deadline = Instant::now() + API_SOCKET_TIMEOUT;
-        while !sockets.api.exists() {
+        // The socket file appears at bind(), a moment before Firecracker listens on it: wait
+        // until a connection is taken, not merely for the file.
+        while tokio::net::UnixStream::connect(&sockets.api).await.is_err() {
             exited(child)?;
             if Instant::now() >= socket_deadline {
                 return Err(FirecrackerError::NoApiSocket {

@@ -91,14 +91,14 @@ pub enum FirecrackerError {
         console: String,
     },
 
-    /// Firecracker never created its API socket.
+    /// Firecracker never opened its API socket.
     #[error(
-        "firecracker for machine {id} did not create its API socket {socket} within {secs} s; its output:\n{console}"
+        "firecracker for machine {id} did not open its API socket {socket} within {secs} s; its output:\n{console}"
     )]
     NoApiSocket {
         /// The machine.
         id: String,
-        /// The socket that never appeared.
+        /// The socket that never took a connection.
         socket: PathBuf,
         /// How long the driver waited.
         secs: u64,

@@ -174,6 +174,7 @@ impl Platform {
         tokio::spawn(async move { gateways.open_bucket_gateways().await });
         let routing = tokio::spawn(routing::run(self.service.clone(), shutdown.clone()));
         let cron = tokio::spawn(cron::run(self.service.clone(), shutdown.clone()));
+        let uploads = tokio::spawn(self.service.clone().sweep_idle_uploads(shutdown.clone()));
         let edge = kiln_edge::Edge::new(edge_config(self.service.config()), self.routes.clone());
         let edge_shutdown = shutdown.clone();
         let edge = tokio::spawn(edge.serve(self.edge_listener, async move {
@@ -191,6 +192,7 @@ impl Platform {
         let _ = s3.await;
         let _ = routing.await;
         let _ = cron.await;
+        let _ = uploads.await;
         match edge.await {
             Ok(Err(e)) => tracing::warn!(error = %e, "edge stopped with an error"),
             Err(e) => tracing::warn!(error = %e, "edge task failed"),

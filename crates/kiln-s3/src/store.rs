@@ -638,6 +638,42 @@ impl ObjectStore {
             .await
             .map_err(io_err("remove", &dir))
     }
+
+    /// Aborts every multipart upload that has received nothing for `idle` (its directory
+    /// unchanged), as an S3 lifecycle rule would: a client that starts an upload and goes away
+    /// would otherwise keep its parts on disk for ever. Answers how many were aborted.
+    pub async fn abort_idle_uploads(
+        &self,
+        idle: std::time::Duration,
+    ) -> Result<usize, ObjectStoreError> {
+        let mut aborted = 0;
+        for bucket in self.bucket_names().await? {
+            let uploads = self.bucket_dir(&bucket).join("uploads");
+            let Ok(mut entries) = tokio::fs::read_dir(&uploads).await else {
+                continue; // deleted meanwhile
+            };
+            while let Some(entry) = entries
+                .next_entry()
+                .await
+                .map_err(io_err("list", &uploads))?
+            {
+                let idle_for = entry
+                    .metadata()
+                    .await
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|modified| modified.elapsed().ok());
+                if idle_for.is_some_and(|idle_for| idle_for >= idle) {
+                    let dir = entry.path();
+                    tokio::fs::remove_dir_all(&dir)
+                        .await
+                        .map_err(io_err("remove", &dir))?;
+                    aborted += 1;
+                }
+            }
+        }
+        Ok(aborted)
+    }
 }
 
 fn part_file(number: i32) -> String {
@@ -722,4 +758,50 @@ async fn remove_temp_files(dir: &Path) -> Result<(), ObjectStoreError> {
 
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+    fn body(bytes: &'static [u8]) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Unpin {
+        futures::stream::iter([Ok(Bytes::from_static(bytes))])
+    }
+
+    #[tokio::test]
+    async fn only_uploads_idle_for_longer_than_the_limit_are_aborted() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let store = ObjectStore::open(root.path()).await.expect("open");
+        store.create_bucket("uploads").await.expect("bucket");
+        let mut ids = Vec::new();
+        for key in ["stale", "active"] {
+            let id = store
+                .create_upload("uploads", key, PutOptions::default())
+                .await
+                .expect("create upload");
+            store
+                .upload_part("uploads", key, &id, 1, body(b"part"), None)
+                .await
+                .expect("part");
+            ids.push(id);
+        }
+        let stale_dir = store.upload_dir("uploads", &ids[0]).expect("dir");
+        std::fs::File::open(&stale_dir)
+            .and_then(|dir| dir.set_modified(std::time::SystemTime::now() - 8 * DAY))
+            .expect("age the upload");
+
+        assert_eq!(store.abort_idle_uploads(7 * DAY).await.expect("sweep"), 1);
+        assert!(matches!(
+            store.list_parts("uploads", "stale", &ids[0]).await,
+            Err(ObjectStoreError::NoSuchUpload(_))
+        ));
+        let parts = store
+            .list_parts("uploads", "active", &ids[1])
+            .await
+            .expect("the active upload is kept");
+        assert_eq!(parts.len(), 1);
+        assert_eq!(store.abort_idle_uploads(7 * DAY).await.expect("sweep"), 0);
+    }
 }

@@ -18,6 +18,12 @@ use tokio_util::sync::CancellationToken;
 use super::{Service, not_found_as};
 use crate::error::{ApiError, ApiResult};
 
+/// How long a multipart upload may receive nothing before it is aborted (the common S3
+/// lifecycle rule for incomplete uploads).
+const UPLOAD_IDLE_LIMIT: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How often idle uploads are looked for.
+const UPLOAD_SWEEP_EVERY: Duration = Duration::from_secs(3600);
+
 /// The node's object store and its S3 front ends.
 pub struct S3Node {
     objects: ObjectStore,
@@ -265,6 +271,27 @@ impl Service {
             }
         }
         Ok(())
+    }
+
+    /// Aborts multipart uploads that received nothing for [`UPLOAD_IDLE_LIMIT`], once now and
+    /// then every [`UPLOAD_SWEEP_EVERY`], until `shutdown`.
+    pub async fn sweep_idle_uploads(self, shutdown: CancellationToken) {
+        loop {
+            match self
+                .s3()
+                .objects
+                .abort_idle_uploads(UPLOAD_IDLE_LIMIT)
+                .await
+            {
+                Ok(0) => {}
+                Ok(aborted) => tracing::info!(aborted, "aborted idle multipart uploads"),
+                Err(e) => tracing::warn!(error = %e, "sweeping idle multipart uploads failed"),
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(UPLOAD_SWEEP_EVERY) => {}
+            }
+        }
     }
 
     /// Opens S3 on the gateway of every org that has buckets, so machines adopted after a

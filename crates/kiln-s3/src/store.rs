@@ -329,6 +329,45 @@ impl ObjectStore {
         Ok(meta)
     }
 
+    /// Copies an object within its bucket into a new, independently published object: the
+    /// body always, type and user metadata from the source unless `replace` gives new ones.
+    pub async fn copy_object(
+        &self,
+        bucket: &str,
+        source: &str,
+        target: &str,
+        replace: Option<PutOptions>,
+    ) -> Result<ObjectMeta, ObjectStoreError> {
+        let dir = self.objects_dir(bucket).await?;
+        let source_path = dir.join(key_to_file_name(source));
+        let (file, source_meta) = match object_file::open(&source_path).await? {
+            Some((file, meta)) if meta.key == source => (file, meta),
+            _ => return Err(ObjectStoreError::NoSuchKey(source.to_owned())),
+        };
+        let mut pending = PendingFile::create(&dir).await?;
+        // The open handle is read, so a source replaced meanwhile is copied whole, old or new.
+        copy_body(file, &source_path, source_meta.size, &mut pending).await?;
+        let md5 = pending.digest().await?;
+        let options = replace.unwrap_or(PutOptions {
+            content_type: source_meta.content_type,
+            metadata: source_meta.metadata,
+            content_md5: None,
+        });
+        let meta = ObjectMeta {
+            key: target.to_owned(),
+            size: pending.size(),
+            etag: hex::encode(md5),
+            content_type: options.content_type,
+            metadata: options.metadata,
+            last_modified_ms: now_ms(),
+            parts: None,
+        };
+        pending
+            .publish(&meta, &dir.join(key_to_file_name(target)))
+            .await?;
+        Ok(meta)
+    }
+
     /// Opens an object for reading.
     pub async fn get_object(
         &self,
@@ -699,9 +738,23 @@ async fn copy_part_body(
     size: u64,
     pending: &mut PendingFile,
 ) -> Result<(), ObjectStoreError> {
-    let file = tokio::fs::File::open(path)
-        .await
-        .map_err(io_err("open", path))?;
+    let file = std::fs::File::open(path).map_err(io_err("open", path))?;
+    copy_body(file, path, size, pending).await
+}
+
+/// Appends the first `size` bytes of an open object or part file (`path` names it in errors)
+/// to the pending object.
+async fn copy_body(
+    file: std::fs::File,
+    path: &Path,
+    size: u64,
+    pending: &mut PendingFile,
+) -> Result<(), ObjectStoreError> {
+    let mut file = file;
+    // Reading the metadata moved the offset; lseek itself never waits on the disk.
+    file.seek(SeekFrom::Start(0))
+        .map_err(io_err("seek", path))?;
+    let file = tokio::fs::File::from_std(file);
     let mut body = tokio_util::io::ReaderStream::with_capacity(
         tokio::io::AsyncReadExt::take(file, size),
         1 << 20,

@@ -571,6 +571,123 @@ async fn a_key_of_one_bucket_is_refused_on_another() {
 }
 
 #[tokio::test]
+async fn copies_keep_or_replace_metadata_and_stay_in_their_bucket() {
+    let fx = Fixture::start().await;
+    let s3 = fx.client(&fx.photos);
+    let body = pattern(3 << 20, 7);
+    s3.put_object()
+        .bucket("photos")
+        .key("originals/cat.jpg")
+        .content_type("image/jpeg")
+        .metadata("camera", "x100")
+        .body(ByteStream::from(body.clone()))
+        .send()
+        .await
+        .expect("put");
+
+    let copied = s3
+        .copy_object()
+        .bucket("photos")
+        .key("thumbs/cat.jpg")
+        .copy_source("photos/originals/cat.jpg")
+        .send()
+        .await
+        .expect("copy");
+    assert_eq!(
+        copied.copy_object_result().and_then(|r| r.e_tag()),
+        Some(format!("\"{}\"", md5_hex(&body)).as_str())
+    );
+    let head = s3
+        .head_object()
+        .bucket("photos")
+        .key("thumbs/cat.jpg")
+        .send()
+        .await
+        .expect("head copy");
+    assert_eq!(head.content_type(), Some("image/jpeg"));
+    assert_eq!(
+        head.metadata()
+            .and_then(|m| m.get("camera"))
+            .map(String::as_str),
+        Some("x100")
+    );
+    assert_eq!(get_bytes(&s3, "photos", "thumbs/cat.jpg").await, body);
+
+    // REPLACE takes the request's type and metadata, also onto the object itself.
+    s3.copy_object()
+        .bucket("photos")
+        .key("originals/cat.jpg")
+        .copy_source("photos/originals/cat.jpg")
+        .metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace)
+        .content_type("image/webp")
+        .metadata("owner", "ada")
+        .send()
+        .await
+        .expect("copy onto itself with new metadata");
+    let head = s3
+        .head_object()
+        .bucket("photos")
+        .key("originals/cat.jpg")
+        .send()
+        .await
+        .expect("head");
+    assert_eq!(head.content_type(), Some("image/webp"));
+    let metadata = head.metadata().cloned().unwrap_or_default();
+    assert_eq!(metadata.get("owner").map(String::as_str), Some("ada"));
+    assert!(!metadata.contains_key("camera"), "{metadata:?}");
+    assert_eq!(get_bytes(&s3, "photos", "originals/cat.jpg").await, body);
+
+    // Refusals: onto itself unchanged, a missing source, another bucket's object.
+    let err = s3
+        .copy_object()
+        .bucket("photos")
+        .key("thumbs/cat.jpg")
+        .copy_source("photos/thumbs/cat.jpg")
+        .send()
+        .await
+        .expect_err("copy onto itself unchanged");
+    assert!(
+        format!("{:?}", err.into_service_error()).contains("InvalidRequest"),
+        "copy onto itself"
+    );
+    let err = s3
+        .copy_object()
+        .bucket("photos")
+        .key("x")
+        .copy_source("photos/missing")
+        .send()
+        .await
+        .expect_err("missing source");
+    assert!(format!("{:?}", err.into_service_error()).contains("NoSuchKey"));
+    let backups = fx.client(&fx.backups);
+    backups
+        .put_object()
+        .bucket("backups")
+        .key("db.dump")
+        .body(ByteStream::from_static(b"private"))
+        .send()
+        .await
+        .expect("put backup");
+    let err = s3
+        .copy_object()
+        .bucket("photos")
+        .key("stolen")
+        .copy_source("backups/db.dump")
+        .send()
+        .await
+        .expect_err("another bucket's object");
+    assert!(format!("{:?}", err.into_service_error()).contains("AccessDenied"));
+    let err = s3
+        .head_object()
+        .bucket("photos")
+        .key("stolen")
+        .send()
+        .await
+        .expect_err("nothing was copied");
+    assert!(err.into_service_error().is_not_found());
+}
+
+#[tokio::test]
 async fn virtual_host_style_addressing_reaches_the_bucket() {
     let fx = Fixture::start().await;
     let s3 = client_for(&format!("http://localhost:{}", fx.port), &fx.photos, false);

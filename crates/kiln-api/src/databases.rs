@@ -24,6 +24,10 @@ pub enum DatabaseStatus {
     Provisioning,
     /// The platform logged in with the issued URL and ran a query.
     Healthy,
+    /// Provisioned and running, but the platform's latest login (rechecked every few
+    /// seconds) failed; see `error`. Machines keep getting its URL; `healthy` again once a
+    /// login works.
+    Unhealthy,
     /// Provisioning or starting failed; see `error` (with the server's log tail).
     Failed,
     /// Deletion is in progress.

@@ -71,6 +71,28 @@ async fn post(http: &reqwest::Client, url: &str, body: &str) -> u16 {
         .unwrap_or(0)
 }
 
+/// Polls a database until it reports `want` (the platform rechecks logins every 15 s).
+async fn wait_status(
+    api: &Client,
+    id: &str,
+    want: DatabaseStatus,
+) -> kiln_api::databases::Database {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let db = api.database(id, 0).await.expect("database");
+        if db.status == want {
+            return db;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id} stayed {:?} ({:?}), expected {want:?}",
+            db.status,
+            db.error
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// Whether `pid` is a live process (a zombie waiting for the host's init to reap it is not).
 fn pid_alive(pid: &str) -> bool {
     std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()))
@@ -576,6 +598,27 @@ async fn mysql_and_redis_reach_the_sandbox() {
         "{}",
         admin.stdout
     );
+
+    // --- a server that stops answering is reported unhealthy, and healthy once it answers ---
+    let cache_pid = std::fs::read_to_string(
+        kiln.data_dir()
+            .join("databases")
+            .join(&cache.id)
+            .join("server.pid"),
+    )
+    .expect("pid file");
+    let cache_pid = nix::unistd::Pid::from_raw(cache_pid.trim().parse().expect("pid"));
+    nix::sys::signal::kill(cache_pid, nix::sys::signal::Signal::SIGSTOP).expect("freeze redis");
+    let frozen = wait_status(&api, &cache.id, DatabaseStatus::Unhealthy).await;
+    nix::sys::signal::kill(cache_pid, nix::sys::signal::Signal::SIGCONT).expect("thaw redis");
+    assert!(frozen.error.is_some_and(|e| !e.is_empty()), "says why");
+    assert!(
+        sh_ok(&api, &sbx, "printenv REDIS_URL_CACHE").await.trim()
+            == cache.url.clone().expect("url"),
+        "machines keep the URL"
+    );
+    let thawed = wait_status(&api, &cache.id, DatabaseStatus::Healthy).await;
+    assert!(thawed.error.is_none(), "{:?}", thawed.error);
 
     for (engine, id, _) in &ids {
         let deleted = api.delete_database(id).await.expect("delete");

@@ -107,6 +107,7 @@ fn status(status: DatabaseStatus) -> &'static str {
     match status {
         DatabaseStatus::Provisioning => "provisioning",
         DatabaseStatus::Healthy => "healthy",
+        DatabaseStatus::Unhealthy => "unhealthy",
         DatabaseStatus::Failed => "failed",
         DatabaseStatus::Deleting => "deleting",
         DatabaseStatus::Deleted => "deleted",

@@ -1,12 +1,19 @@
 //! The reconciler's database pass: provisions new databases, starts provisioned ones this
-//! node does not run yet (after a restart), finishes revocations a crash interrupted, and
-//! deletes those asked to go. One task per database at a time.
+//! node does not run yet (after a restart), finishes revocations a crash interrupted, logs in
+//! to running ones again every [`RECHECK_EVERY`] (so `healthy` keeps meaning the issued URL
+//! works, and a `failed` one that answers again becomes `healthy`), and deletes those asked to
+//! go. One task per database at a time.
+
+use std::time::Duration;
 
 use kiln_databases::Login;
 use kiln_store::{DatabaseRecord, Desired};
 
 use super::Service;
-use super::databases::instance;
+use super::databases::{instance, is_provisioned};
+
+/// How often a running database's login is checked again.
+const RECHECK_EVERY: Duration = Duration::from_secs(15);
 
 impl Service {
     /// One pass over every database; work runs in background tasks.
@@ -16,11 +23,16 @@ impl Service {
             let needs_work = match (record.desired, record.status.as_str()) {
                 (Desired::Deleted, _) => true,
                 (Desired::Running, "provisioning") => true,
-                (Desired::Running, "healthy") => !running || record.retired_user.is_some(),
-                // Provisioned once (its data is there) but not starting: keep trying.
-                (Desired::Running, "failed") => {
-                    !running && self.engines().data_dir(&record.id).exists()
+                (Desired::Running, "healthy" | "unhealthy") => {
+                    !running
+                        || record.retired_user.is_some()
+                        || self.database_check_due(&record.id, RECHECK_EVERY)
                 }
+                (Desired::Running, "failed") if running => {
+                    self.database_check_due(&record.id, RECHECK_EVERY)
+                }
+                // Provisioned once (its data is there) but not starting: keep trying.
+                (Desired::Running, "failed") => self.engines().data_dir(&record.id).exists(),
                 _ => false,
             };
             if !needs_work || !self.claim_database_task(&record.id) {
@@ -38,17 +50,29 @@ impl Service {
     }
 
     async fn converge_database(&self, record: DatabaseRecord) {
+        let recheck = record.desired == Desired::Running
+            && record.status != "provisioning"
+            && record.retired_user.is_none()
+            && self.engines().is_running(&record.id);
         let result = match (record.desired, record.status.as_str()) {
             (Desired::Deleted, _) => self.remove_database(&record).await,
             (_, "provisioning") => self.provision_database(&record).await,
+            _ if recheck => self.check_database(&record).await,
             _ => self.start_database(&record).await,
         };
         if let Err(error) = result {
             tracing::warn!(database = %record.id, %error, "database not converged");
             if record.desired == Desired::Running {
+                // A provisioned server that runs but refuses the login is unhealthy, not
+                // failed: it keeps its variables, and a later recheck may find it well.
+                let status = if recheck && is_provisioned(&record) {
+                    "unhealthy"
+                } else {
+                    "failed"
+                };
                 let _ = self
                     .store()
-                    .set_database_status(&record.id, "failed", Some(&error))
+                    .set_database_status(&record.id, status, Some(&error))
                     .await;
             }
         }
@@ -115,6 +139,12 @@ impl Service {
                 .await
                 .map_err(|e| e.to_string())?;
         }
+        self.check_database(record).await
+    }
+
+    /// Logs in with the issued credential and runs a query; `healthy` once that works.
+    async fn check_database(&self, record: &DatabaseRecord) -> Result<(), String> {
+        let inst = instance(record).map_err(|e| e.problem().detail)?;
         let login = Login {
             user: record.login_user.clone(),
             password: self.unseal(&record.login_password)?,
@@ -146,7 +176,9 @@ impl Service {
         self.store()
             .purge_database(&record.id)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        self.forget_database_check(&record.id);
+        Ok(())
     }
 
     fn unseal(&self, sealed: &str) -> Result<String, String> {

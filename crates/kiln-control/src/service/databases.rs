@@ -152,7 +152,7 @@ impl Service {
             machines.push("deployment".to_owned());
         }
         let mut detached_apps = Vec::new();
-        if !machines.is_empty() && record.status == "healthy" {
+        if !machines.is_empty() && is_provisioned(&record) {
             let app = self.store().get_app(org_id, &record.app_id).await?;
             detached_apps.push(DetachedApp {
                 id: app.id,
@@ -464,7 +464,7 @@ fn env_names(records: &[DatabaseRecord]) -> BTreeMap<String, Vec<String>> {
     let mut primary_taken = std::collections::HashSet::new();
     // Records come oldest first (ids sort by creation time).
     for record in records {
-        if record.desired != Desired::Running || record.status != "healthy" {
+        if record.desired != Desired::Running || !is_provisioned(record) {
             continue;
         }
         let Some(engine) = Engine::parse(&record.engine) else {
@@ -481,9 +481,16 @@ fn env_names(records: &[DatabaseRecord]) -> BTreeMap<String, Vec<String>> {
     names
 }
 
+/// Whether the database's URL is handed to machines: it was provisioned, and if the latest
+/// login check failed it still keeps its variables (so that no other database takes them).
+pub(crate) fn is_provisioned(record: &DatabaseRecord) -> bool {
+    matches!(record.status.as_str(), "healthy" | "unhealthy")
+}
+
 fn database_view(record: &DatabaseRecord, env: Vec<String>) -> ApiResult<Database> {
     let status = match record.status.as_str() {
         "healthy" => DatabaseStatus::Healthy,
+        "unhealthy" => DatabaseStatus::Unhealthy,
         "failed" => DatabaseStatus::Failed,
         "deleting" => DatabaseStatus::Deleting,
         _ => DatabaseStatus::Provisioning,
@@ -542,6 +549,8 @@ mod tests {
             record("db_2", "postgres", "analytics", "healthy"),
             record("db_3", "redis", "cache", "provisioning"),
             record("db_4", "mysql", "legacy", "healthy"),
+            record("db_5", "redis", "sessions", "unhealthy"),
+            record("db_6", "redis", "queue", "failed"),
         ];
         let names = env_names(&records);
         assert_eq!(names["db_1"], vec!["DATABASE_URL", "DATABASE_URL_MAIN"]);
@@ -551,6 +560,15 @@ mod tests {
             "a URL that does not work yet is not handed out"
         );
         assert_eq!(names["db_4"], vec!["MYSQL_URL", "MYSQL_URL_LEGACY"]);
+        assert_eq!(
+            names["db_5"],
+            vec!["REDIS_URL", "REDIS_URL_SESSIONS"],
+            "a database failing a recheck keeps its variables"
+        );
+        assert!(
+            !names.contains_key("db_6"),
+            "one that never started does not"
+        );
     }
 
     #[test]

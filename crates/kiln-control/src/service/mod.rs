@@ -68,6 +68,8 @@ struct Inner {
     engines: kiln_databases::Databases,
     /// Databases a reconciler task is working on.
     database_tasks: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// When each database's login was last checked by the reconciler.
+    database_checks: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
 
 /// The parts of a service that [`Service::new`] does not make itself.
@@ -125,6 +127,7 @@ impl Service {
                 promoting: std::sync::Mutex::default(),
                 engines,
                 database_tasks: std::sync::Mutex::default(),
+                database_checks: std::sync::Mutex::default(),
                 machines: Machines::default(),
                 wake: Notify::new(),
                 changes: watch::Sender::new(0),
@@ -173,6 +176,33 @@ impl Service {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .insert(id.to_owned())
+    }
+
+    /// Whether the database's login is due to be checked again (at most every `every`);
+    /// answering true counts as the check starting now.
+    pub(crate) fn database_check_due(&self, id: &str, every: std::time::Duration) -> bool {
+        let mut checks = self
+            .inner
+            .database_checks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let now = std::time::Instant::now();
+        match checks.get(id) {
+            Some(last) if now.duration_since(*last) < every => false,
+            _ => {
+                checks.insert(id.to_owned(), now);
+                true
+            }
+        }
+    }
+
+    /// Forgets a deleted database's check time.
+    pub(crate) fn forget_database_check(&self, id: &str) {
+        self.inner
+            .database_checks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(id);
     }
 
     /// Releases what [`Service::claim_database_task`] claimed.

@@ -310,23 +310,7 @@ impl ObjectStore {
         let dir = self.objects_dir(bucket).await?;
         let mut pending = PendingFile::create(&dir).await?;
         fill(&mut pending, body).await?;
-        let md5 = pending.digest().await?;
-        if options.content_md5.is_some_and(|want| want != md5) {
-            return Err(ObjectStoreError::BadDigest);
-        }
-        let meta = ObjectMeta {
-            key: key.to_owned(),
-            size: pending.size(),
-            etag: hex::encode(md5),
-            content_type: options.content_type,
-            metadata: options.metadata,
-            last_modified_ms: now_ms(),
-            parts: None,
-        };
-        pending
-            .publish(&meta, &dir.join(key_to_file_name(key)))
-            .await?;
-        Ok(meta)
+        publish_object(pending, &dir, key, options).await
     }
 
     /// Copies an object within its bucket into a new, independently published object: the
@@ -347,25 +331,12 @@ impl ObjectStore {
         let mut pending = PendingFile::create(&dir).await?;
         // The open handle is read, so a source replaced meanwhile is copied whole, old or new.
         copy_body(file, &source_path, source_meta.size, &mut pending).await?;
-        let md5 = pending.digest().await?;
         let options = replace.unwrap_or(PutOptions {
             content_type: source_meta.content_type,
             metadata: source_meta.metadata,
             content_md5: None,
         });
-        let meta = ObjectMeta {
-            key: target.to_owned(),
-            size: pending.size(),
-            etag: hex::encode(md5),
-            content_type: options.content_type,
-            metadata: options.metadata,
-            last_modified_ms: now_ms(),
-            parts: None,
-        };
-        pending
-            .publish(&meta, &dir.join(key_to_file_name(target)))
-            .await?;
-        Ok(meta)
+        publish_object(pending, &dir, target, options).await
     }
 
     /// Opens an object for reading.
@@ -730,6 +701,33 @@ where
         pending.write(chunk).await?;
     }
     Ok(())
+}
+
+/// Publishes a filled pending file as the object `key` of the objects directory `dir`,
+/// after checking the `Content-MD5` a client gave.
+async fn publish_object(
+    mut pending: PendingFile,
+    dir: &Path,
+    key: &str,
+    options: PutOptions,
+) -> Result<ObjectMeta, ObjectStoreError> {
+    let md5 = pending.digest().await?;
+    if options.content_md5.is_some_and(|want| want != md5) {
+        return Err(ObjectStoreError::BadDigest);
+    }
+    let meta = ObjectMeta {
+        key: key.to_owned(),
+        size: pending.size(),
+        etag: hex::encode(md5),
+        content_type: options.content_type,
+        metadata: options.metadata,
+        last_modified_ms: now_ms(),
+        parts: None,
+    };
+    pending
+        .publish(&meta, &dir.join(key_to_file_name(key)))
+        .await?;
+    Ok(meta)
 }
 
 /// Appends the body of a part file to the pending object.

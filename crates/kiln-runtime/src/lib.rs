@@ -24,6 +24,7 @@ mod error;
 pub mod firecracker;
 pub mod image;
 pub mod launch;
+mod lifecycle;
 mod lock;
 pub mod net;
 pub mod process;

@@ -37,7 +37,7 @@ use std::{
     fs,
     io::ErrorKind,
     net::Ipv4Addr,
-    os::unix::fs::{DirBuilderExt, PermissionsExt, chown},
+    os::unix::fs::{PermissionsExt, chown},
     path::{Path, PathBuf},
     process::Stdio,
     sync::{Arc, Mutex},
@@ -56,6 +56,7 @@ use crate::{
     error::{IoContext, RuntimeError},
     image::{self, ImageRef, ImageStore},
     launch::LaunchConfig,
+    lifecycle::{self, Lifecycle},
     net::{self, Ipv4Cidr, MachineNet},
     spawn,
     state::{machine_ids, read_json, validate_id, write_json},
@@ -138,7 +139,7 @@ struct Inner {
 
 /// `<state_dir>/<id>/machine.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct MachineRecord {
+pub(crate) struct MachineRecord {
     id: String,
     org_id: String,
     image: ImageRef,
@@ -213,10 +214,6 @@ impl ProcessDriver {
             .await
     }
 
-    fn machine_dir(&self, id: &str) -> PathBuf {
-        self.inner.cfg.state_dir.join(id)
-    }
-
     fn socket_path(&self, id: &str) -> PathBuf {
         self.machine_dir(id).join("agent.sock")
     }
@@ -235,16 +232,85 @@ impl ProcessDriver {
             .clone()
     }
 
+    fn machine_ids(&self) -> Result<Vec<String>, RuntimeError> {
+        machine_ids(&self.inner.cfg.state_dir)
+    }
+
+    /// Waits until the agent of a booting machine answers health as machine `id`, failing early
+    /// when the launcher exits.
+    async fn wait_for_agent(
+        &self,
+        id: &str,
+        agent: &AgentClient,
+        socket: &Path,
+        launcher: &mut tokio::process::Child,
+        deadline: Instant,
+        console_path: &Path,
+    ) -> Result<kiln_guest::HealthInfo, RuntimeError> {
+        let health = loop {
+            if let Some(status) = launcher
+                .try_wait()
+                .ctx(|| format!("check the launcher of {id}"))?
+            {
+                return Err(RuntimeError::BootFailed {
+                    id: id.to_owned(),
+                    status: status.to_string(),
+                    console: console_tail(console_path),
+                });
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(RuntimeError::BootTimeout {
+                    id: id.to_owned(),
+                    after: BOOT_TIMEOUT,
+                    console: console_tail(console_path),
+                });
+            }
+            // The launcher binds the socket before the agent starts, so a connection made now
+            // waits in the backlog until the agent answers: one attempt usually suffices.
+            if socket.exists() {
+                match tokio::time::timeout(deadline - now, agent.health()).await {
+                    Ok(Ok(health)) => break health,
+                    Ok(Err(e)) => tracing::trace!(machine = %id, error = %e, "agent not ready"),
+                    Err(_) => continue,
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        if health.machine_id.as_deref() != Some(id) {
+            return Err(RuntimeError::AgentMismatch {
+                endpoint: format!("unix:{}", socket.display()),
+                found: health.machine_id.unwrap_or_default(),
+                expected: id.to_owned(),
+            });
+        }
+        Ok(health)
+    }
+}
+
+#[async_trait]
+impl Lifecycle for ProcessDriver {
+    type Record = MachineRecord;
+    type Prepared = PathBuf;
+
+    fn address_of(record: &mut MachineRecord) -> &mut Option<Ipv4Addr> {
+        &mut record.address
+    }
+
+    async fn prepare(&self, spec: &MachineSpec) -> Result<PathBuf, RuntimeError> {
+        self.inner.images.ensure(&spec.image).await
+    }
+
+    fn machine_dir(&self, id: &str) -> PathBuf {
+        self.inner.cfg.state_dir.join(id)
+    }
+
     fn read_record(&self, id: &str) -> Result<Option<MachineRecord>, RuntimeError> {
         read_json(&self.machine_dir(id).join("machine.json"))
     }
 
     fn write_record(&self, record: &MachineRecord) -> Result<(), RuntimeError> {
         write_json(&self.machine_dir(&record.id).join("machine.json"), record)
-    }
-
-    fn machine_ids(&self) -> Result<Vec<String>, RuntimeError> {
-        machine_ids(&self.inner.cfg.state_dir)
     }
 
     /// Returns the running machine if its agent answers as `id`.
@@ -318,8 +384,8 @@ impl ProcessDriver {
     async fn boot(
         &self,
         spec: &MachineSpec,
-        record: &MachineRecord,
-        rootfs: &Path,
+        record: MachineRecord,
+        rootfs: PathBuf,
     ) -> Result<MachineInfo, RuntimeError> {
         let started = Instant::now();
         let id = &spec.id;
@@ -443,57 +509,6 @@ impl ProcessDriver {
         })
     }
 
-    /// Waits until the agent of a booting machine answers health as machine `id`, failing early
-    /// when the launcher exits.
-    async fn wait_for_agent(
-        &self,
-        id: &str,
-        agent: &AgentClient,
-        socket: &Path,
-        launcher: &mut tokio::process::Child,
-        deadline: Instant,
-        console_path: &Path,
-    ) -> Result<kiln_guest::HealthInfo, RuntimeError> {
-        let health = loop {
-            if let Some(status) = launcher
-                .try_wait()
-                .ctx(|| format!("check the launcher of {id}"))?
-            {
-                return Err(RuntimeError::BootFailed {
-                    id: id.to_owned(),
-                    status: status.to_string(),
-                    console: console_tail(console_path),
-                });
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(RuntimeError::BootTimeout {
-                    id: id.to_owned(),
-                    after: BOOT_TIMEOUT,
-                    console: console_tail(console_path),
-                });
-            }
-            // The launcher binds the socket before the agent starts, so a connection made now
-            // waits in the backlog until the agent answers: one attempt usually suffices.
-            if socket.exists() {
-                match tokio::time::timeout(deadline - now, agent.health()).await {
-                    Ok(Ok(health)) => break health,
-                    Ok(Err(e)) => tracing::trace!(machine = %id, error = %e, "agent not ready"),
-                    Err(_) => continue,
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        };
-        if health.machine_id.as_deref() != Some(id) {
-            return Err(RuntimeError::AgentMismatch {
-                endpoint: format!("unix:{}", socket.display()),
-                found: health.machine_id.unwrap_or_default(),
-                expected: id.to_owned(),
-            });
-        }
-        Ok(health)
-    }
-
     /// Ends every process of the machine and removes its cgroups, network and socket. The
     /// record, workspace and address allocation are left to the caller.
     async fn teardown(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
@@ -560,48 +575,6 @@ impl ProcessDriver {
         }
         Ok(())
     }
-
-    /// Clears the address of a stopped machine so it can be handed out again.
-    fn release_address(&self, id: &str) -> Result<(), RuntimeError> {
-        if let Some(mut record) = self.read_record(id)?
-            && record.address.take().is_some()
-        {
-            self.write_record(&record)?;
-        }
-        Ok(())
-    }
-
-    async fn start_locked(&self, spec: &MachineSpec) -> Result<MachineInfo, RuntimeError> {
-        if let Some(info) = self.try_adopt(&spec.id).await {
-            return Ok(info);
-        }
-        let previous = self.read_record(&spec.id)?;
-        // Whatever is left of an earlier boot (crashed agent, killed launcher) goes first.
-        self.teardown(&spec.id, Duration::ZERO).await?;
-        let rootfs = self.inner.images.ensure(&spec.image).await?;
-        let dir = self.machine_dir(&spec.id);
-        // Only root may look inside: launch.json carries the machine's environment (secrets)
-        // and anyone who can open agent.sock controls the machine.
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .ctx(|| format!("create {}", dir.display()))?;
-        let record = self.allocate(spec, previous.as_ref()).await?;
-        match self.boot(spec, &record, &rootfs).await {
-            Ok(info) => Ok(info),
-            Err(e) => {
-                // Leave nothing half-started behind; the error is what the caller needs.
-                if let Err(cleanup) = self.teardown(&spec.id, Duration::ZERO).await {
-                    tracing::error!(machine = %spec.id, error = %cleanup, "cleanup after failed boot");
-                }
-                if let Err(cleanup) = self.release_address(&spec.id) {
-                    tracing::error!(machine = %spec.id, error = %cleanup, "release address after failed boot");
-                }
-                Err(e)
-            }
-        }
-    }
 }
 
 #[async_trait]
@@ -625,7 +598,7 @@ impl Driver for ProcessDriver {
         }
         let lock = self.machine_lock(&spec.id);
         let _guard = lock.lock().await;
-        self.start_locked(spec).await
+        lifecycle::start(self, spec).await
     }
 
     async fn stop(&self, id: &str) -> Result<(), RuntimeError> {

@@ -18,6 +18,7 @@ use super::{
 use crate::{
     MachineInfo, MachineSpec,
     error::{IoContext, RuntimeError},
+    lifecycle::Lifecycle,
     net,
     process::console_tail,
 };
@@ -27,7 +28,7 @@ const API_SOCKET_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl FirecrackerDriver {
     /// Boots a machine whose leftovers are gone and whose address is allocated.
-    pub(super) async fn boot(
+    pub(super) async fn boot_machine(
         &self,
         spec: &MachineSpec,
         mut record: MachineRecord,

@@ -39,7 +39,6 @@ use std::{
     fs,
     io::ErrorKind,
     net::Ipv4Addr,
-    os::unix::fs::DirBuilderExt,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::Duration,
@@ -65,6 +64,7 @@ pub use self::{
 use crate::{
     Driver, MachineInfo, MachineSpec, OrgNetwork,
     error::{IoContext, RuntimeError},
+    lifecycle::{self, Lifecycle},
     lock,
     net::{self, Ipv4Cidr},
     process::validate_spec,
@@ -118,7 +118,7 @@ struct Inner {
 
 /// `<state_dir>/<id>/machine.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct MachineRecord {
+pub(crate) struct MachineRecord {
     id: String,
     org_id: String,
     hostname: String,
@@ -303,10 +303,6 @@ impl FirecrackerDriver {
         Ok(())
     }
 
-    fn machine_dir(&self, id: &str) -> PathBuf {
-        self.inner.cfg.state_dir.join(id)
-    }
-
     fn network_lock_path(&self) -> PathBuf {
         self.inner.cfg.state_dir.join(".network.lock")
     }
@@ -380,14 +376,6 @@ impl FirecrackerDriver {
         Ok(())
     }
 
-    fn read_record(&self, id: &str) -> Result<Option<MachineRecord>, RuntimeError> {
-        read_json(&self.machine_dir(id).join("machine.json"))
-    }
-
-    fn write_record(&self, record: &MachineRecord) -> Result<(), RuntimeError> {
-        write_json(&self.machine_dir(&record.id).join("machine.json"), record)
-    }
-
     fn records(&self) -> Result<Vec<MachineRecord>, RuntimeError> {
         let mut out = Vec::new();
         for id in self.machine_ids()? {
@@ -455,6 +443,42 @@ impl FirecrackerDriver {
             slice,
             gateway: slice.host(1),
         })
+    }
+}
+
+#[async_trait]
+impl Lifecycle for FirecrackerDriver {
+    type Record = MachineRecord;
+    /// The guest files are made per machine inside the boot (they carry its address).
+    type Prepared = ();
+
+    fn address_of(record: &mut MachineRecord) -> &mut Option<Ipv4Addr> {
+        &mut record.address
+    }
+
+    async fn prepare(&self, _spec: &MachineSpec) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+
+    async fn boot(
+        &self,
+        spec: &MachineSpec,
+        record: MachineRecord,
+        (): (),
+    ) -> Result<MachineInfo, RuntimeError> {
+        self.boot_machine(spec, record).await
+    }
+
+    fn machine_dir(&self, id: &str) -> PathBuf {
+        self.inner.cfg.state_dir.join(id)
+    }
+
+    fn read_record(&self, id: &str) -> Result<Option<MachineRecord>, RuntimeError> {
+        read_json(&self.machine_dir(id).join("machine.json"))
+    }
+
+    fn write_record(&self, record: &MachineRecord) -> Result<(), RuntimeError> {
+        write_json(&self.machine_dir(&record.id).join("machine.json"), record)
     }
 
     /// Assigns the org's slice and a free address (keeping the previous one when free) and
@@ -574,45 +598,6 @@ impl FirecrackerDriver {
         }
         Ok(())
     }
-
-    fn release_address(&self, id: &str) -> Result<(), RuntimeError> {
-        if let Some(mut record) = self.read_record(id)?
-            && record.address.take().is_some()
-        {
-            self.write_record(&record)?;
-        }
-        Ok(())
-    }
-
-    async fn start_locked(&self, spec: &MachineSpec) -> Result<MachineInfo, RuntimeError> {
-        if let Some(info) = self.try_adopt(&spec.id).await {
-            return Ok(info);
-        }
-        let previous = self.read_record(&spec.id)?;
-        // Whatever is left of an earlier boot goes first.
-        self.teardown(&spec.id, Duration::ZERO).await?;
-        let dir = self.machine_dir(&spec.id);
-        // Only root may look inside: the sockets control the machine.
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .ctx(|| format!("create {}", dir.display()))?;
-        let record = self.allocate(spec, previous.as_ref()).await?;
-        match self.boot(spec, record).await {
-            Ok(info) => Ok(info),
-            Err(e) => {
-                // Leave nothing half-started behind; the error is what the caller needs.
-                if let Err(cleanup) = self.teardown(&spec.id, Duration::ZERO).await {
-                    tracing::error!(machine = %spec.id, error = %cleanup, "cleanup after failed boot");
-                }
-                if let Err(cleanup) = self.release_address(&spec.id) {
-                    tracing::error!(machine = %spec.id, error = %cleanup, "release address after failed boot");
-                }
-                Err(e)
-            }
-        }
-    }
 }
 
 #[async_trait]
@@ -635,7 +620,7 @@ impl Driver for FirecrackerDriver {
         }
         let lock = self.machine_lock(&spec.id);
         let _guard = lock.lock().await;
-        self.start_locked(spec).await
+        lifecycle::start(self, spec).await
     }
 
     async fn stop(&self, id: &str) -> Result<(), RuntimeError> {

@@ -29,7 +29,6 @@ use std::{
     fs,
     io::ErrorKind,
     net::{Ipv4Addr, SocketAddr},
-    os::unix::fs::DirBuilderExt,
     path::{Path, PathBuf},
     process::Stdio,
     sync::{Arc, Mutex},
@@ -46,7 +45,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     accel::{self, Accel},
-    image::GuestImageStore,
+    image::{GuestImage, GuestImageStore},
     kernel::Kernel,
     machine::MachineSetup,
 };
@@ -55,6 +54,7 @@ use crate::{
     addresses::{Claim, NodeNetwork},
     error::{IoContext, RuntimeError},
     image::{ImageRef, ImageStore},
+    lifecycle::{self, Lifecycle},
     net::{self, Ipv4Cidr},
     process::{console_tail, validate_spec},
     spawn,
@@ -139,7 +139,7 @@ struct Inner {
 
 /// `<state_dir>/<id>/machine.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct VmRecord {
+pub(crate) struct VmRecord {
     id: String,
     org_id: String,
     image: ImageRef,
@@ -230,10 +230,6 @@ impl QemuDriver {
             .await
     }
 
-    fn machine_dir(&self, id: &str) -> PathBuf {
-        self.inner.cfg.state_dir.join(id)
-    }
-
     fn machine_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
         self.inner
             .machine_locks
@@ -242,14 +238,6 @@ impl QemuDriver {
             .entry(id.to_owned())
             .or_default()
             .clone()
-    }
-
-    fn read_record(&self, id: &str) -> Result<Option<VmRecord>, RuntimeError> {
-        read_json(&self.machine_dir(id).join("machine.json"))
-    }
-
-    fn write_record(&self, record: &VmRecord) -> Result<(), RuntimeError> {
-        write_json(&self.machine_dir(&record.id).join("machine.json"), record)
     }
 
     /// QEMU's pid for machine `id`, if a process with that pid runs this machine's VM.
@@ -267,6 +255,78 @@ impl QemuDriver {
             .windows(needle.len())
             .any(|w| w == needle)
             .then_some(pid)
+    }
+
+    /// Polls the agent until it answers as machine `id`; fails early when QEMU exits.
+    async fn wait_for_agent(
+        &self,
+        id: &str,
+        agent: &AgentClient,
+        started: Instant,
+        console: &Path,
+    ) -> Result<kiln_guest::HealthInfo, RuntimeError> {
+        let timeout = match self.inner.accel {
+            Accel::Kvm => BOOT_TIMEOUT_KVM,
+            Accel::Tcg => BOOT_TIMEOUT_TCG,
+        };
+        // Short per-attempt timeouts: until the guest configured eth0, a connect just waits.
+        let probe = agent
+            .clone()
+            .with_timeouts(Duration::from_millis(500), Duration::from_secs(5));
+        loop {
+            if self.vm_pid(id).is_none() {
+                return Err(RuntimeError::BootFailed {
+                    id: id.to_owned(),
+                    status: "QEMU exited".into(),
+                    console: console_tail(console),
+                });
+            }
+            match probe.health().await {
+                Ok(health) if health.machine_id.as_deref() == Some(id) => return Ok(health),
+                Ok(health) => {
+                    return Err(RuntimeError::AgentMismatch {
+                        endpoint: agent.endpoint().to_string(),
+                        found: health.machine_id.unwrap_or_default(),
+                        expected: id.to_owned(),
+                    });
+                }
+                Err(e) => tracing::trace!(machine = %id, error = %e, "agent not ready"),
+            }
+            if started.elapsed() > timeout {
+                return Err(RuntimeError::BootTimeout {
+                    id: id.to_owned(),
+                    after: timeout,
+                    console: console_tail(console),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+#[async_trait]
+impl Lifecycle for QemuDriver {
+    type Record = VmRecord;
+    type Prepared = GuestImage;
+
+    fn address_of(record: &mut VmRecord) -> &mut Option<Ipv4Addr> {
+        &mut record.address
+    }
+
+    async fn prepare(&self, spec: &MachineSpec) -> Result<GuestImage, RuntimeError> {
+        self.inner.images.ensure(&spec.image).await
+    }
+
+    fn machine_dir(&self, id: &str) -> PathBuf {
+        self.inner.cfg.state_dir.join(id)
+    }
+
+    fn read_record(&self, id: &str) -> Result<Option<VmRecord>, RuntimeError> {
+        read_json(&self.machine_dir(id).join("machine.json"))
+    }
+
+    fn write_record(&self, record: &VmRecord) -> Result<(), RuntimeError> {
+        write_json(&self.machine_dir(&record.id).join("machine.json"), record)
     }
 
     /// Returns the running VM if its agent answers as `id`.
@@ -337,15 +397,6 @@ impl QemuDriver {
         Ok(())
     }
 
-    fn release_address(&self, id: &str) -> Result<(), RuntimeError> {
-        if let Some(mut record) = self.read_record(id)?
-            && record.address.take().is_some()
-        {
-            self.write_record(&record)?;
-        }
-        Ok(())
-    }
-
     async fn allocate(
         &self,
         spec: &MachineSpec,
@@ -377,41 +428,11 @@ impl QemuDriver {
             .await
     }
 
-    async fn start_locked(&self, spec: &MachineSpec) -> Result<MachineInfo, RuntimeError> {
-        if let Some(info) = self.try_adopt(&spec.id).await {
-            return Ok(info);
-        }
-        let previous = self.read_record(&spec.id)?;
-        self.teardown(&spec.id, Duration::ZERO).await?;
-        let guest = self.inner.images.ensure(&spec.image).await?;
-        let dir = self.machine_dir(&spec.id);
-        // Only root may look inside: the record and the initrd carry the agent token and the
-        // machine's environment.
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .ctx(|| format!("create {}", dir.display()))?;
-        let record = self.allocate(spec, previous.as_ref()).await?;
-        match self.boot(spec, &record, &guest).await {
-            Ok(info) => Ok(info),
-            Err(e) => {
-                if let Err(cleanup) = self.teardown(&spec.id, Duration::ZERO).await {
-                    tracing::error!(machine = %spec.id, error = %cleanup, "cleanup after failed boot");
-                }
-                if let Err(cleanup) = self.release_address(&spec.id) {
-                    tracing::error!(machine = %spec.id, error = %cleanup, "release address after failed boot");
-                }
-                Err(e)
-            }
-        }
-    }
-
     async fn boot(
         &self,
         spec: &MachineSpec,
-        record: &VmRecord,
-        guest: &super::image::GuestImage,
+        record: VmRecord,
+        guest: GuestImage,
     ) -> Result<MachineInfo, RuntimeError> {
         let started = Instant::now();
         let id = &spec.id;
@@ -428,7 +449,7 @@ impl QemuDriver {
                 listen: format!("tcp:{address}:{AGENT_PORT}"),
                 token: Some(AgentToken::new(record.token.clone())),
             },
-            guest,
+            &guest,
         )
         .await?;
         let (workspace, initrd) = (files.workspace, files.initrd);
@@ -479,52 +500,6 @@ impl QemuDriver {
             boot_id: health.boot_id,
         })
     }
-
-    /// Polls the agent until it answers as machine `id`; fails early when QEMU exits.
-    async fn wait_for_agent(
-        &self,
-        id: &str,
-        agent: &AgentClient,
-        started: Instant,
-        console: &Path,
-    ) -> Result<kiln_guest::HealthInfo, RuntimeError> {
-        let timeout = match self.inner.accel {
-            Accel::Kvm => BOOT_TIMEOUT_KVM,
-            Accel::Tcg => BOOT_TIMEOUT_TCG,
-        };
-        // Short per-attempt timeouts: until the guest configured eth0, a connect just waits.
-        let probe = agent
-            .clone()
-            .with_timeouts(Duration::from_millis(500), Duration::from_secs(5));
-        loop {
-            if self.vm_pid(id).is_none() {
-                return Err(RuntimeError::BootFailed {
-                    id: id.to_owned(),
-                    status: "QEMU exited".into(),
-                    console: console_tail(console),
-                });
-            }
-            match probe.health().await {
-                Ok(health) if health.machine_id.as_deref() == Some(id) => return Ok(health),
-                Ok(health) => {
-                    return Err(RuntimeError::AgentMismatch {
-                        endpoint: agent.endpoint().to_string(),
-                        found: health.machine_id.unwrap_or_default(),
-                        expected: id.to_owned(),
-                    });
-                }
-                Err(e) => tracing::trace!(machine = %id, error = %e, "agent not ready"),
-            }
-            if started.elapsed() > timeout {
-                return Err(RuntimeError::BootTimeout {
-                    id: id.to_owned(),
-                    after: timeout,
-                    console: console_tail(console),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
 }
 
 #[async_trait]
@@ -541,7 +516,7 @@ impl Driver for QemuDriver {
         validate_spec(spec)?;
         let lock = self.machine_lock(&spec.id);
         let _guard = lock.lock().await;
-        self.start_locked(spec).await
+        lifecycle::start(self, spec).await
     }
 
     async fn stop(&self, id: &str) -> Result<(), RuntimeError> {

@@ -14,7 +14,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
     net::Ipv4Addr,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::Mutex,
 };
 
@@ -25,7 +25,7 @@ use crate::{
     error::RuntimeError,
     lock,
     net::{self, Ipv4Cidr},
-    state::{read_json, write_json},
+    state::{machine_ids, read_json, write_json},
 };
 
 /// A machine's hold on an address, as its driver recorded it.
@@ -61,6 +61,21 @@ pub(crate) struct NodeNetwork {
 
 /// Reads the drivers' current claims; called with the allocation locks held.
 pub(crate) type Claims<'a> = &'a (dyn Fn() -> Result<Vec<Claim>, RuntimeError> + Send + Sync);
+
+/// The claims in the machine records (`<dir>/<id>/machine.json`, read as `R`) of a driver's
+/// state directory.
+pub(crate) fn recorded_claims<R: serde::de::DeserializeOwned>(
+    dir: &Path,
+    claim: fn(R) -> Claim,
+) -> Result<Vec<Claim>, RuntimeError> {
+    let mut out = Vec::new();
+    for id in machine_ids(dir)? {
+        if let Some(record) = read_json::<R>(&dir.join(&id).join("machine.json"))? {
+            out.push(claim(record));
+        }
+    }
+    Ok(out)
+}
 
 impl NodeNetwork {
     /// Checks the state directory against `subnet`, installs the `inet kiln` nftables table

@@ -51,7 +51,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     Driver, MachineInfo, MachineSpec, OrgNetwork,
-    addresses::{Claim, NodeNetwork},
+    addresses::{Claim, NodeNetwork, recorded_claims},
     cgroup::{self, Limits, MachineCgroups},
     error::{IoContext, RuntimeError},
     image::{self, ImageRef, ImageStore},
@@ -649,17 +649,11 @@ impl Driver for ProcessDriver {
 
 /// The addresses the machine records in `dir` hold, for the node network's allocation.
 fn claims(dir: &Path) -> Result<Vec<Claim>, RuntimeError> {
-    let mut out = Vec::new();
-    for id in machine_ids(dir)? {
-        if let Some(r) = read_json::<MachineRecord>(&dir.join(&id).join("machine.json"))? {
-            out.push(Claim {
-                id: r.id,
-                slice: r.slice,
-                address: r.address,
-            });
-        }
-    }
-    Ok(out)
+    recorded_claims(dir, |r: MachineRecord| Claim {
+        id: r.id,
+        slice: r.slice,
+        address: r.address,
+    })
 }
 
 fn validate_config(cfg: &ProcessDriverConfig) -> Result<(), RuntimeError> {

@@ -4,7 +4,7 @@
 //! State lives under `state_dir`, so a restarted driver finds and adopts running machines:
 //!
 //! ```text
-//! <state_dir>/network.json            org → /24 slice index (the process driver's format)
+//! <state_dir>/network.json            org → /24 slice index (shared node network, `addresses.rs`)
 //! <state_dir>/.network.lock           flock serialising address allocation between processes
 //! <state_dir>/<id>/machine.json       org, slice, address (while running), tap, workspace, jail
 //! <state_dir>/<id>/firecracker.pid    pid of the machine's Firecracker (or jailer, which execs it)
@@ -35,7 +35,7 @@ mod vmm;
 mod tests;
 
 use std::{
-    collections::{BTreeSet, HashMap, HashSet},
+    collections::HashMap,
     fs,
     io::ErrorKind,
     net::Ipv4Addr,
@@ -48,7 +48,6 @@ use async_trait::async_trait;
 use kiln_guest::client::{AgentClient, Endpoint};
 use serde::{Deserialize, Serialize};
 
-use self::network::NetworkState;
 pub use self::{
     api::{
         ActionType, ApiClient, ApiRequest, BootSource, Drive, InstanceActionInfo, Logger,
@@ -63,13 +62,13 @@ pub use self::{
 };
 use crate::{
     Driver, MachineInfo, MachineSpec, OrgNetwork,
+    addresses::{Claim, NodeNetwork, recorded_claims},
     error::{IoContext, RuntimeError},
     lifecycle::{self, Lifecycle},
-    lock,
-    net::{self, Ipv4Cidr},
+    net::Ipv4Cidr,
     process::validate_spec,
     spawn,
-    state::{read_json, validate_id, write_json},
+    state::{machine_ids, read_json, validate_id, write_json},
 };
 
 /// The vsock port the guest agent listens on.
@@ -110,10 +109,8 @@ struct Inner {
     firecracker: PathBuf,
     /// One lock per machine id, so start/stop/destroy of one machine never interleave.
     machine_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// Serialises address allocation within this process (the flock does across processes).
-    alloc: tokio::sync::Mutex<()>,
-    /// Bridges already in the nftables `same_bridge` set.
-    allowed_bridges: Mutex<HashSet<String>>,
+    /// Org slices, addresses and bridges, shared with the other drivers' rules.
+    network: NodeNetwork,
 }
 
 /// `<state_dir>/<id>/machine.json`.
@@ -226,36 +223,20 @@ impl FirecrackerDriver {
         }
         fs::create_dir_all(&cfg.state_dir)
             .ctx(|| format!("create state directory {}", cfg.state_dir.display()))?;
-        let driver = Self {
+        let state_dir = cfg.state_dir.clone();
+        let network =
+            NodeNetwork::open(cfg.state_dir.clone(), cfg.subnet, cfg.egress, &move || {
+                claims(&state_dir)
+            })
+            .await?;
+        Ok(Self {
             inner: Arc::new(Inner {
                 cfg,
                 firecracker,
                 machine_locks: Mutex::default(),
-                alloc: tokio::sync::Mutex::new(()),
-                allowed_bridges: Mutex::default(),
+                network,
             }),
-        };
-        let bridges = {
-            let _guard = driver.inner.alloc.lock().await;
-            let _flock = lock::exclusive(&driver.network_lock_path()).await?;
-            let mut state = driver.load_network()?;
-            driver.check_subnet(&mut state)?;
-            driver.save_network(&state)?;
-            state
-                .orgs
-                .values()
-                .filter_map(|&i| driver.inner.cfg.subnet.slice(i))
-                .map(net::bridge_name)
-                .collect::<Vec<_>>()
-        };
-        net::install_firewall(driver.inner.cfg.subnet, driver.inner.cfg.egress, &bridges).await?;
-        driver
-            .inner
-            .allowed_bridges
-            .lock()
-            .expect("bridge set lock is never held across a panic")
-            .extend(bridges);
-        Ok(driver)
+        })
     }
 
     /// The Firecracker binary this driver runs.
@@ -276,35 +257,11 @@ impl FirecrackerDriver {
     /// Deletes the bridges of this driver's orgs that have no machine holding an address; the
     /// slice assignments stay.
     pub async fn remove_idle_bridges(&self) -> Result<(), RuntimeError> {
-        let _guard = self.inner.alloc.lock().await;
-        let _flock = lock::exclusive(&self.network_lock_path()).await?;
-        let state = self.load_network()?;
-        let busy: BTreeSet<Ipv4Cidr> = self
-            .records()?
-            .into_iter()
-            .filter(|r| r.address.is_some())
-            .map(|r| r.slice)
-            .collect();
-        for &index in state.orgs.values() {
-            let Some(slice) = self.inner.cfg.subnet.slice(index) else {
-                continue;
-            };
-            if busy.contains(&slice) {
-                continue;
-            }
-            let bridge = net::bridge_name(slice);
-            net::remove_bridge(&bridge).await?;
-            self.inner
-                .allowed_bridges
-                .lock()
-                .expect("bridge set lock is never held across a panic")
-                .remove(&bridge);
-        }
-        Ok(())
-    }
-
-    fn network_lock_path(&self) -> PathBuf {
-        self.inner.cfg.state_dir.join(".network.lock")
+        let dir = self.inner.cfg.state_dir.clone();
+        self.inner
+            .network
+            .remove_idle_bridges(&move || claims(&dir))
+            .await
     }
 
     fn machine_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -341,66 +298,8 @@ impl FirecrackerDriver {
         }
     }
 
-    fn load_network(&self) -> Result<NetworkState, RuntimeError> {
-        read_json(&self.inner.cfg.state_dir.join("network.json")).map(Option::unwrap_or_default)
-    }
-
-    fn save_network(&self, state: &NetworkState) -> Result<(), RuntimeError> {
-        write_json(&self.inner.cfg.state_dir.join("network.json"), state)
-    }
-
-    /// A state directory keeps its subnet while machines hold addresses from it.
-    fn check_subnet(&self, state: &mut NetworkState) -> Result<(), RuntimeError> {
-        let subnet = self.inner.cfg.subnet;
-        match state.subnet {
-            Some(old) if old != subnet => {
-                let holders: Vec<String> = self
-                    .records()?
-                    .into_iter()
-                    .filter(|r| r.address.is_some())
-                    .map(|r| r.id)
-                    .collect();
-                if !holders.is_empty() {
-                    return Err(RuntimeError::InvalidConfig(format!(
-                        "state directory {} uses subnet {old}, but {subnet} is configured; stop machines {} first",
-                        self.inner.cfg.state_dir.display(),
-                        holders.join(", ")
-                    )));
-                }
-                state.orgs.clear();
-                state.subnet = Some(subnet);
-            }
-            Some(_) => {}
-            None => state.subnet = Some(subnet),
-        }
-        Ok(())
-    }
-
-    fn records(&self) -> Result<Vec<MachineRecord>, RuntimeError> {
-        let mut out = Vec::new();
-        for id in self.machine_ids()? {
-            if let Some(r) = self.read_record(&id)? {
-                out.push(r);
-            }
-        }
-        Ok(out)
-    }
-
     fn machine_ids(&self) -> Result<Vec<String>, RuntimeError> {
-        let dir = &self.inner.cfg.state_dir;
-        let entries = fs::read_dir(dir).ctx(|| format!("list {}", dir.display()))?;
-        let mut ids = Vec::new();
-        for entry in entries {
-            let entry = entry.ctx(|| format!("list {}", dir.display()))?;
-            let Ok(name) = entry.file_name().into_string() else {
-                continue;
-            };
-            if validate_id(&name).is_ok() && entry.path().is_dir() {
-                ids.push(name);
-            }
-        }
-        ids.sort();
-        Ok(ids)
+        machine_ids(&self.inner.cfg.state_dir)
     }
 
     /// The running Firecracker of machine `id`, if any.
@@ -411,38 +310,6 @@ impl FirecrackerDriver {
             &self.machine_dir(id).join("firecracker.pid"),
             &sockets.marker,
         )
-    }
-
-    /// Org `org_id`'s network, assigning its slice and bringing up its bridge if needed; the
-    /// caller holds the allocation locks.
-    async fn org_network_locked(&self, org_id: &str) -> Result<OrgNetwork, RuntimeError> {
-        let mut state = self.load_network()?;
-        self.check_subnet(&mut state)?;
-        let (slice, assigned) = network::org_slice(&mut state, self.inner.cfg.subnet, org_id)?;
-        if assigned {
-            self.save_network(&state)?;
-        }
-        net::ensure_bridge(slice).await?;
-        let bridge = net::bridge_name(slice);
-        let known = self
-            .inner
-            .allowed_bridges
-            .lock()
-            .expect("bridge set lock is never held across a panic")
-            .contains(&bridge);
-        if !known {
-            net::allow_bridge(&bridge).await?;
-            self.inner
-                .allowed_bridges
-                .lock()
-                .expect("bridge set lock is never held across a panic")
-                .insert(bridge.clone());
-        }
-        Ok(OrgNetwork {
-            bridge,
-            slice,
-            gateway: slice.host(1),
-        })
     }
 }
 
@@ -488,28 +355,30 @@ impl Lifecycle for FirecrackerDriver {
         spec: &MachineSpec,
         previous: Option<&MachineRecord>,
     ) -> Result<MachineRecord, RuntimeError> {
-        let _guard = self.inner.alloc.lock().await;
-        let _flock = lock::exclusive(&self.network_lock_path()).await?;
-        let slice = self.org_network_locked(&spec.org_id).await?.slice;
-        let used: BTreeSet<Ipv4Addr> = self
-            .records()?
-            .into_iter()
-            .filter(|r| r.id != spec.id)
-            .filter_map(|r| r.address)
-            .collect();
-        let address = network::free_address(slice, &used, previous.and_then(|p| p.address))?;
-        let record = MachineRecord {
-            id: spec.id.clone(),
-            org_id: spec.org_id.clone(),
-            hostname: spec.hostname.clone(),
-            slice,
-            address: Some(address),
-            tap: tap_name(&spec.id),
-            workspace: previous.and_then(|p| p.workspace.clone()),
-            jail: None,
-        };
-        self.write_record(&record)?;
-        Ok(record)
+        let dir = self.inner.cfg.state_dir.clone();
+        self.inner
+            .network
+            .allocate(
+                &spec.org_id,
+                &spec.id,
+                previous.and_then(|p| p.address),
+                &move || claims(&dir),
+                |slice, address| {
+                    let record = MachineRecord {
+                        id: spec.id.clone(),
+                        org_id: spec.org_id.clone(),
+                        hostname: spec.hostname.clone(),
+                        slice,
+                        address: Some(address),
+                        tap: tap_name(&spec.id),
+                        workspace: previous.and_then(|p| p.workspace.clone()),
+                        jail: None,
+                    };
+                    self.write_record(&record)?;
+                    Ok(record)
+                },
+            )
+            .await
     }
 
     /// Returns the running machine if its agent answers as `id`.
@@ -651,9 +520,11 @@ impl Driver for FirecrackerDriver {
     }
 
     async fn org_network(&self, org_id: &str) -> Result<OrgNetwork, RuntimeError> {
-        let _guard = self.inner.alloc.lock().await;
-        let _flock = lock::exclusive(&self.network_lock_path()).await?;
-        self.org_network_locked(org_id).await
+        let dir = self.inner.cfg.state_dir.clone();
+        self.inner
+            .network
+            .org_network(org_id, &move || claims(&dir))
+            .await
     }
 
     async fn running(&self) -> Result<Vec<String>, RuntimeError> {
@@ -673,6 +544,15 @@ impl Driver for FirecrackerDriver {
         validate_id(id)?;
         Ok(0)
     }
+}
+
+/// The addresses the machine records in `dir` hold.
+fn claims(dir: &Path) -> Result<Vec<Claim>, RuntimeError> {
+    recorded_claims(dir, |r: MachineRecord| Claim {
+        id: r.id,
+        slice: r.slice,
+        address: r.address,
+    })
 }
 
 /// A client for the agent behind the vsock socket `uds`.

@@ -51,7 +51,7 @@ use super::{
 };
 use crate::{
     Driver, MachineInfo, MachineSpec, OrgNetwork,
-    addresses::{Claim, NodeNetwork},
+    addresses::{Claim, NodeNetwork, recorded_claims},
     error::{IoContext, RuntimeError},
     image::{ImageRef, ImageStore},
     lifecycle::{self, Lifecycle},
@@ -680,17 +680,11 @@ async fn wait_gone(pid: i32, within: Duration) {
 
 /// The addresses the VM records in `dir` hold.
 fn claims(dir: &Path) -> Result<Vec<Claim>, RuntimeError> {
-    let mut out = Vec::new();
-    for id in machine_ids(dir)? {
-        if let Some(r) = read_json::<VmRecord>(&dir.join(&id).join("machine.json"))? {
-            out.push(Claim {
-                id: r.id,
-                slice: r.slice,
-                address: r.address,
-            });
-        }
-    }
-    Ok(out)
+    recorded_claims(dir, |r: VmRecord| Claim {
+        id: r.id,
+        slice: r.slice,
+        address: r.address,
+    })
 }
 
 fn validate_config(cfg: &QemuDriverConfig) -> Result<(), RuntimeError> {

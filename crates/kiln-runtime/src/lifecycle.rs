@@ -3,12 +3,15 @@
 //! left, ready the image, allocate an address (keeping the previous one when it is free) and
 //! boot; a boot that fails leaves nothing half-started and no address held.
 
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use kiln_guest::client::AgentClient;
 
 use crate::error::{IoContext, RuntimeError};
 use crate::{MachineInfo, MachineSpec};
@@ -93,5 +96,57 @@ pub(crate) async fn start<D: Lifecycle>(
             }
             Err(e)
         }
+    }
+}
+
+/// Takes over a machine that outlived the node's last run when its agent answers as `id`
+/// within `within`; `None` (so it is rebooted) when it answers for another machine or not at all.
+pub(crate) async fn adopt(
+    id: &str,
+    address: Ipv4Addr,
+    agent: AgentClient,
+    within: Duration,
+) -> Option<MachineInfo> {
+    match tokio::time::timeout(within, agent.health()).await {
+        Ok(Ok(health)) if health.machine_id.as_deref() == Some(id) => {
+            tracing::info!(machine = %id, %address, "adopted running machine");
+            Some(MachineInfo {
+                id: id.to_owned(),
+                address,
+                agent,
+                boot_id: health.boot_id,
+            })
+        }
+        Ok(Ok(health)) => {
+            tracing::warn!(machine = %id, found = ?health.machine_id, "agent answers for another machine; rebooting");
+            None
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(machine = %id, error = %e, "stale machine state; rebooting");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(machine = %id, "agent did not answer within {within:?}; rebooting");
+            None
+        }
+    }
+}
+
+/// One lock per machine id, so a start, stop or destroy of one machine never interleaves
+/// with another of the same machine.
+#[derive(Debug, Default)]
+pub(crate) struct MachineLocks(Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+
+impl MachineLocks {
+    /// Waits for machine `id`'s lock.
+    pub(crate) async fn lock(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = self
+            .0
+            .lock()
+            .expect("machine lock map is never held across a panic")
+            .entry(id.to_owned())
+            .or_default()
+            .clone();
+        lock.lock_owned().await
     }
 }

@@ -33,14 +33,13 @@
 //!   `ps` shows to every host user.
 
 use std::{
-    collections::HashMap,
     fs,
     io::ErrorKind,
     net::Ipv4Addr,
     os::unix::fs::{PermissionsExt, chown},
     path::{Path, PathBuf},
     process::Stdio,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -56,7 +55,7 @@ use crate::{
     error::{IoContext, RuntimeError},
     image::{self, ImageRef, ImageStore},
     launch::LaunchConfig,
-    lifecycle::{self, Lifecycle},
+    lifecycle::{self, Lifecycle, MachineLocks},
     net::{self, Ipv4Cidr, MachineNet},
     spawn,
     state::{machine_ids, read_json, validate_id, write_json},
@@ -132,7 +131,7 @@ struct Inner {
     images: ImageStore,
     cgroup_root: PathBuf,
     /// One lock per machine id, so start/stop/destroy of one machine never interleave.
-    machine_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    machine_locks: MachineLocks,
     /// Org slices, addresses and bridges.
     network: NodeNetwork,
 }
@@ -182,7 +181,7 @@ impl ProcessDriver {
                 images: ImageStore::new(&cfg.images_dir),
                 cfg,
                 cgroup_root,
-                machine_locks: Mutex::default(),
+                machine_locks: MachineLocks::default(),
                 network,
             }),
         };
@@ -220,16 +219,6 @@ impl ProcessDriver {
 
     fn cgroups(&self, id: &str) -> MachineCgroups {
         MachineCgroups::new(&self.inner.cgroup_root, id)
-    }
-
-    fn machine_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.inner
-            .machine_locks
-            .lock()
-            .expect("machine lock map is never held across a panic")
-            .entry(id.to_owned())
-            .or_default()
-            .clone()
     }
 
     fn machine_ids(&self) -> Result<Vec<String>, RuntimeError> {
@@ -322,29 +311,7 @@ impl Lifecycle for ProcessDriver {
             return None;
         }
         let agent = AgentClient::new(Endpoint::Unix(socket));
-        match tokio::time::timeout(ADOPT_TIMEOUT, agent.health()).await {
-            Ok(Ok(health)) if health.machine_id.as_deref() == Some(id) => {
-                tracing::info!(machine = %id, %address, "adopted running machine");
-                Some(MachineInfo {
-                    id: id.to_owned(),
-                    address,
-                    agent,
-                    boot_id: health.boot_id,
-                })
-            }
-            Ok(Ok(health)) => {
-                tracing::warn!(machine = %id, found = ?health.machine_id, "agent socket answers for another machine; rebooting");
-                None
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(machine = %id, error = %e, "stale machine state; rebooting");
-                None
-            }
-            Err(_) => {
-                tracing::warn!(machine = %id, "agent did not answer within {ADOPT_TIMEOUT:?}; rebooting");
-                None
-            }
-        }
+        lifecycle::adopt(id, address, agent, ADOPT_TIMEOUT).await
     }
 
     /// Assigns the org's slice (creating its bridge) and a free address in it, keeping the
@@ -596,15 +563,13 @@ impl Driver for ProcessDriver {
                 socket.display()
             )));
         }
-        let lock = self.machine_lock(&spec.id);
-        let _guard = lock.lock().await;
+        let _guard = self.inner.machine_locks.lock(&spec.id).await;
         lifecycle::start(self, spec).await
     }
 
     async fn stop(&self, id: &str) -> Result<(), RuntimeError> {
         validate_id(id)?;
-        let lock = self.machine_lock(id);
-        let _guard = lock.lock().await;
+        let _guard = self.inner.machine_locks.lock(id).await;
         self.teardown(id, STOP_GRACE).await?;
         self.release_address(id)?;
         Ok(())
@@ -612,8 +577,7 @@ impl Driver for ProcessDriver {
 
     async fn destroy(&self, id: &str) -> Result<(), RuntimeError> {
         validate_id(id)?;
-        let lock = self.machine_lock(id);
-        let _guard = lock.lock().await;
+        let _guard = self.inner.machine_locks.lock(id).await;
         self.teardown(id, STOP_GRACE).await?;
         let dir = self.machine_dir(id);
         match fs::remove_dir_all(&dir) {

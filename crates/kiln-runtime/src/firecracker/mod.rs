@@ -35,12 +35,11 @@ mod vmm;
 mod tests;
 
 use std::{
-    collections::HashMap,
     fs,
     io::ErrorKind,
     net::Ipv4Addr,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::Duration,
 };
 
@@ -64,7 +63,7 @@ use crate::{
     Driver, MachineInfo, MachineSpec, OrgNetwork,
     addresses::{Claim, NodeNetwork, recorded_claims},
     error::{IoContext, RuntimeError},
-    lifecycle::{self, Lifecycle},
+    lifecycle::{self, Lifecycle, MachineLocks},
     net::Ipv4Cidr,
     process::validate_spec,
     spawn,
@@ -108,7 +107,7 @@ struct Inner {
     /// The resolved Firecracker binary.
     firecracker: PathBuf,
     /// One lock per machine id, so start/stop/destroy of one machine never interleave.
-    machine_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    machine_locks: MachineLocks,
     /// Org slices, addresses and bridges, shared with the other drivers' rules.
     network: NodeNetwork,
 }
@@ -233,7 +232,7 @@ impl FirecrackerDriver {
             inner: Arc::new(Inner {
                 cfg,
                 firecracker,
-                machine_locks: Mutex::default(),
+                machine_locks: MachineLocks::default(),
                 network,
             }),
         })
@@ -262,16 +261,6 @@ impl FirecrackerDriver {
             .network
             .remove_idle_bridges(&move || claims(&dir))
             .await
-    }
-
-    fn machine_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.inner
-            .machine_locks
-            .lock()
-            .expect("machine lock map is never held across a panic")
-            .entry(id.to_owned())
-            .or_default()
-            .clone()
     }
 
     fn jail(&self, id: &str) -> Option<Jail> {
@@ -389,29 +378,7 @@ impl Lifecycle for FirecrackerDriver {
         let jail = record.jail.as_ref().map(Jail::from);
         let sockets = self.sockets(id, jail.as_ref());
         let agent = agent_client(&sockets.vsock);
-        match tokio::time::timeout(ADOPT_TIMEOUT, agent.health()).await {
-            Ok(Ok(health)) if health.machine_id.as_deref() == Some(id) => {
-                tracing::info!(machine = %id, %address, "adopted running machine");
-                Some(MachineInfo {
-                    id: id.to_owned(),
-                    address,
-                    agent,
-                    boot_id: health.boot_id,
-                })
-            }
-            Ok(Ok(health)) => {
-                tracing::warn!(machine = %id, found = ?health.machine_id, "agent answers for another machine; rebooting");
-                None
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(machine = %id, error = %e, "stale machine state; rebooting");
-                None
-            }
-            Err(_) => {
-                tracing::warn!(machine = %id, "agent did not answer within {ADOPT_TIMEOUT:?}; rebooting");
-                None
-            }
-        }
+        lifecycle::adopt(id, address, agent, ADOPT_TIMEOUT).await
     }
 
     /// Ends machine `id`'s Firecracker (gracefully first when `grace` is non-zero) and removes
@@ -487,15 +454,13 @@ impl Driver for FirecrackerDriver {
                 spec.id, spec.vcpus
             )));
         }
-        let lock = self.machine_lock(&spec.id);
-        let _guard = lock.lock().await;
+        let _guard = self.inner.machine_locks.lock(&spec.id).await;
         lifecycle::start(self, spec).await
     }
 
     async fn stop(&self, id: &str) -> Result<(), RuntimeError> {
         validate_id(id)?;
-        let lock = self.machine_lock(id);
-        let _guard = lock.lock().await;
+        let _guard = self.inner.machine_locks.lock(id).await;
         self.teardown(id, STOP_GRACE).await?;
         self.release_address(id)?;
         Ok(())
@@ -503,8 +468,7 @@ impl Driver for FirecrackerDriver {
 
     async fn destroy(&self, id: &str) -> Result<(), RuntimeError> {
         validate_id(id)?;
-        let lock = self.machine_lock(id);
-        let _guard = lock.lock().await;
+        let _guard = self.inner.machine_locks.lock(id).await;
         self.teardown(id, STOP_GRACE).await?;
         // The guest image may keep the workspace volume outside the machine directory.
         if let Some(workspace) = self.read_record(id)?.and_then(|r| r.workspace) {

@@ -24,14 +24,13 @@
 //! VM is its own kernel, and a fork bomb exhausts only its own memory.
 
 use std::{
-    collections::HashMap,
     ffi::OsString,
     fs,
     io::ErrorKind,
     net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     process::Stdio,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -54,7 +53,7 @@ use crate::{
     addresses::{Claim, NodeNetwork, recorded_claims},
     error::{IoContext, RuntimeError},
     image::{ImageRef, ImageStore},
-    lifecycle::{self, Lifecycle},
+    lifecycle::{self, Lifecycle, MachineLocks},
     net::{self, Ipv4Cidr},
     process::{console_tail, validate_spec},
     spawn,
@@ -134,7 +133,7 @@ struct Inner {
     accel: Accel,
     network: NodeNetwork,
     /// One lock per machine id, so start/stop/destroy of one machine never interleave.
-    machine_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    machine_locks: MachineLocks,
 }
 
 /// `<state_dir>/<id>/machine.json`.
@@ -206,7 +205,7 @@ impl QemuDriver {
                 images,
                 accel,
                 network,
-                machine_locks: Mutex::default(),
+                machine_locks: MachineLocks::default(),
             }),
         })
     }
@@ -228,16 +227,6 @@ impl QemuDriver {
             .network
             .remove_idle_bridges(&move || claims(&dir))
             .await
-    }
-
-    fn machine_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.inner
-            .machine_locks
-            .lock()
-            .expect("machine lock map is never held across a panic")
-            .entry(id.to_owned())
-            .or_default()
-            .clone()
     }
 
     /// QEMU's pid for machine `id`, if a process with that pid runs this machine's VM.
@@ -335,21 +324,7 @@ impl Lifecycle for QemuDriver {
         let address = record.address?;
         self.vm_pid(id)?;
         let agent = record.agent()?;
-        match tokio::time::timeout(ADOPT_TIMEOUT, agent.health()).await {
-            Ok(Ok(health)) if health.machine_id.as_deref() == Some(id) => {
-                tracing::info!(machine = %id, %address, "adopted running VM");
-                Some(MachineInfo {
-                    id: id.to_owned(),
-                    address,
-                    agent,
-                    boot_id: health.boot_id,
-                })
-            }
-            other => {
-                tracing::warn!(machine = %id, answer = ?other.map(|r| r.map(|h| h.machine_id)), "running VM does not answer as itself; rebooting");
-                None
-            }
-        }
+        lifecycle::adopt(id, address, agent, ADOPT_TIMEOUT).await
     }
 
     /// Ends the VM (gracefully first when `grace` is not zero) and removes its tap, pidfile
@@ -514,23 +489,20 @@ impl Driver for QemuDriver {
 
     async fn start(&self, spec: &MachineSpec) -> Result<MachineInfo, RuntimeError> {
         validate_spec(spec)?;
-        let lock = self.machine_lock(&spec.id);
-        let _guard = lock.lock().await;
+        let _guard = self.inner.machine_locks.lock(&spec.id).await;
         lifecycle::start(self, spec).await
     }
 
     async fn stop(&self, id: &str) -> Result<(), RuntimeError> {
         validate_id(id)?;
-        let lock = self.machine_lock(id);
-        let _guard = lock.lock().await;
+        let _guard = self.inner.machine_locks.lock(id).await;
         self.teardown(id, STOP_GRACE).await?;
         self.release_address(id)
     }
 
     async fn destroy(&self, id: &str) -> Result<(), RuntimeError> {
         validate_id(id)?;
-        let lock = self.machine_lock(id);
-        let _guard = lock.lock().await;
+        let _guard = self.inner.machine_locks.lock(id).await;
         self.teardown(id, STOP_GRACE).await?;
         let dir = self.machine_dir(id);
         match fs::remove_dir_all(&dir) {

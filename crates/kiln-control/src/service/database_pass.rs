@@ -40,8 +40,13 @@ impl Service {
             }
             let service = self.clone();
             tokio::spawn(async move {
-                let id = record.id.clone();
-                service.converge_database(record).await;
+                let id = record.id;
+                // Read again under the claim: a rotation that held it may have changed the
+                // login since the list was read.
+                match service.store().get_database(None, &id).await {
+                    Ok(record) => service.converge_database(record).await,
+                    Err(e) => tracing::warn!(database = %id, error = %e, "database not read"),
+                }
                 service.release_database_task(&id);
                 service.notify_change();
             });

@@ -189,6 +189,23 @@ impl Service {
     /// app's live deployment is restarted with it (a new machine, then an atomic route
     /// switch) and its running sandboxes are restarted, then the old login is revoked.
     pub async fn rotate_database(&self, org_id: &str, id: &str) -> ApiResult<Rotated> {
+        let id = self.database_record(org_id, id).await?.id;
+        // The reconciler must not check (or restart) the database while its login changes.
+        let deadline = tokio::time::Instant::now() + ROTATE_CLAIM_WAIT;
+        while !self.claim_database_task(&id) {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ApiError::unavailable(format!(
+                    "database `{id}` is busy with a health check or a restart; retry in a moment"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let rotated = self.rotate_claimed(org_id, &id).await;
+        self.release_database_task(&id);
+        rotated
+    }
+
+    async fn rotate_claimed(&self, org_id: &str, id: &str) -> ApiResult<Rotated> {
         let record = self.database_record(org_id, id).await?;
         if record.status != "healthy" {
             return Err(ApiError::conflict(format!(
@@ -414,6 +431,9 @@ impl Service {
 
 /// How long the machine a rotation replaced keeps serving requests already in flight.
 const DRAIN: Duration = Duration::from_secs(2);
+/// How long a rotation waits for the reconciler to finish its work on the database (a login
+/// check gives up after 5 s).
+const ROTATE_CLAIM_WAIT: Duration = Duration::from_secs(10);
 
 /// Checks a database name: a lowercase letter, then lowercase letters, digits or `_`, at most
 /// 32 characters, not a name the engines keep.

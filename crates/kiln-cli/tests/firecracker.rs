@@ -51,7 +51,7 @@ async fn firecracker_sandbox_without_a_guest_fails_clearly() {
     assert_eq!(sandbox.status, SandboxStatus::Failed, "{sandbox:?}");
     let error = sandbox.error.unwrap_or_default();
     assert!(
-        error.contains("never answered") && error.contains("vsock port 1024"),
+        error.contains("never answered") && error.contains("vsock port 1000"),
         "the reason names the silent guest: {error}"
     );
     // What the stand-in "booted": the guest image, with the machine's own initrd.

@@ -181,26 +181,29 @@ pub fn guest_mac(address: Ipv4Addr) -> String {
     format!("02:4b:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
 }
 
-/// Creates VM `id`'s tap device as a port of `slice`'s bridge. Leftovers must have been
-/// removed with [`remove_tap`].
-pub(crate) async fn create_tap(id: &str, slice: Ipv4Cidr) -> Result<String, RuntimeError> {
-    let tap = tap_name(id);
-    let bridge = bridge_name(slice);
+/// Creates tap `tap` as a port of `bridge`, without IPv6 on the host side; `owner` lets an
+/// unprivileged (jailed) VMM open it. Leftovers must have been removed with [`remove_tap`].
+pub(crate) async fn create_tap(
+    tap: &str,
+    bridge: &str,
+    owner: Option<(u32, u32)>,
+) -> Result<(), RuntimeError> {
+    let owner = owner
+        .map(|(uid, gid)| format!(" user {uid} group {gid}"))
+        .unwrap_or_default();
     let batch = format!(
-        "tuntap add dev {tap} mode tap
-         link set {tap} master {bridge} up
-"
+        "tuntap add dev {tap} mode tap{owner}\n\
+         link set {tap} master {bridge} up\n"
     );
     run_tool("ip", &["-batch", "-"], Some(&batch)).await?;
-    disable_ipv6(&tap);
-    Ok(tap)
+    disable_ipv6(tap);
+    Ok(())
 }
 
-/// Removes VM `id`'s tap device; a missing one is fine.
-pub(crate) async fn remove_tap(id: &str) -> Result<(), RuntimeError> {
-    let tap = tap_name(id);
-    if link_exists(&tap) {
-        run_tool("ip", &["link", "del", &tap], None).await?;
+/// Removes tap `tap`; a missing one is fine.
+pub(crate) async fn remove_tap(tap: &str) -> Result<(), RuntimeError> {
+    if link_exists(tap) {
+        run_tool("ip", &["link", "del", tap], None).await?;
     }
     Ok(())
 }

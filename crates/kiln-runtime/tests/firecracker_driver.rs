@@ -265,7 +265,7 @@ async fn a_guest_that_never_answers_fails_clearly_within_the_deadline() {
         "{args}"
     );
     assert!(args.contains(&format!("kiln.machine_id={id}")), "{args}");
-    assert!(args.contains("kiln.listen=vsock:1024"), "{args}");
+    assert!(args.contains("kiln.listen=vsock:1000"), "{args}");
     assert_eq!(
         body("/vsock")["uds_path"],
         machine_dir.join("vsock.sock").to_string_lossy().as_ref()

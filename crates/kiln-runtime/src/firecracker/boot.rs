@@ -13,7 +13,7 @@ use kiln_guest::client::AgentClient;
 use super::{
     AGENT_VSOCK_PORT, ApiClient, BootPlan, FirecrackerDriver, FirecrackerError, GUEST_CID,
     GuestBoot, GuestMachine, Jail, JailRecord, MAX_SOCKET_PATH, MachineRecord, PROBE_TIMEOUT,
-    Sockets, agent_client, guest_mac, network, vmm,
+    Sockets, agent_client, guest_mac, vmm,
 };
 use crate::{
     MachineInfo, MachineSpec,
@@ -71,7 +71,7 @@ impl FirecrackerDriver {
 
         let org = net::bridge_name(record.slice);
         let owner = self.inner.cfg.jailer.as_ref().map(|j| (j.uid, j.gid));
-        network::create_tap(&record.tap, &org, owner).await?;
+        net::create_tap(&record.tap, &org, owner).await?;
 
         let plan = self.plan(spec, &record, &boot, jail.as_ref(), &sockets)?;
         let (program, mut args) = match (&self.inner.cfg.jailer, &jail) {

@@ -56,9 +56,10 @@ pub use self::{
     error::FirecrackerError,
     guest::{FixedGuestImage, GuestBoot, GuestImage, GuestMachine, base_boot_args},
     jailer::{DEFAULT_CHROOT_BASE, JAILED_API_SOCKET, Jail, JailerConfig, jail_id},
-    network::{guest_mac, kernel_ip_arg, tap_name},
+    network::kernel_ip_arg,
     plan::{BootPlan, NET_IFACE, ROOT_DRIVE, WORKSPACE_DRIVE, action_request},
 };
+pub use crate::net::{guest_mac, tap_name};
 use crate::{
     Driver, MachineInfo, MachineSpec, OrgNetwork,
     addresses::{Claim, NodeNetwork, recorded_claims},
@@ -70,8 +71,9 @@ use crate::{
     state::{machine_ids, read_json, validate_id, write_json},
 };
 
-/// The vsock port the guest agent listens on.
-pub const AGENT_VSOCK_PORT: u32 = 1024;
+/// The vsock port the guest agent listens on: below 1024, so only root in the guest (the
+/// agent) can bind it, and no user process can take it should the agent ever let go of it.
+pub const AGENT_VSOCK_PORT: u32 = 1000;
 /// The guest's vsock context id. Firecracker's vsock is a user-space device behind a unix
 /// socket, so every guest may use the same CID.
 pub const GUEST_CID: u32 = 3;
@@ -415,7 +417,7 @@ impl Lifecycle for FirecrackerDriver {
         let tap = record
             .as_ref()
             .map_or_else(|| tap_name(id), |r| r.tap.clone());
-        network::remove_tap(&tap).await?;
+        crate::net::remove_tap(&tap).await?;
         let dir = self.machine_dir(id);
         for path in [
             sockets.api.clone(),
@@ -502,11 +504,21 @@ impl Driver for FirecrackerDriver {
         Ok(out)
     }
 
-    /// The guest's own OOM kills are not visible from the host (the host sees one Firecracker
-    /// process, whose memory is the guest's fixed RAM), so this is always zero.
     async fn oom_kills(&self, id: &str) -> Result<u64, RuntimeError> {
         validate_id(id)?;
-        Ok(0)
+        let record = self.read_record(id)?;
+        if self.running_pid(id, record.as_ref()).is_none() {
+            return Ok(0);
+        }
+        let jail = record.and_then(|r| r.jail).as_ref().map(Jail::from);
+        let agent = agent_client(&self.sockets(id, jail.as_ref()).vsock);
+        // The guest kernel counts OOM kills for the whole VM, which is exactly the machine.
+        Ok(agent
+            .health()
+            .await
+            .ok()
+            .and_then(|h| h.oom_kills)
+            .unwrap_or(0))
     }
 }
 

@@ -73,14 +73,18 @@ pub fn start(
         .stdout(Stdio::from(out))
         .stderr(Stdio::from(err))
         .process_group(0);
-    let child = cmd.spawn().ctx(|| format!("start {}", program.display()))?;
+    let mut child = cmd.spawn().ctx(|| format!("start {}", program.display()))?;
     let pid = child.id().ok_or_else(|| {
         RuntimeError::io(
             format!("start {}", program.display()),
             std::io::Error::other("the process exited at once"),
         )
     })?;
-    fs::write(pidfile, format!("{pid}\n")).ctx(|| format!("write {}", pidfile.display()))?;
+    if let Err(e) = fs::write(pidfile, format!("{pid}\n")) {
+        // Without its pidfile no teardown could find it: end it now rather than orphan it.
+        let _ = child.start_kill();
+        return Err(RuntimeError::io(format!("write {}", pidfile.display()), e));
+    }
     Ok(child)
 }
 

@@ -359,7 +359,7 @@ impl Lifecycle for QemuDriver {
                 });
             }
         }
-        net::remove_tap(id).await?;
+        net::remove_tap(&net::tap_name(id)).await?;
         for name in ["qemu.pid", "initrd.img"] {
             let path = dir.join(name);
             match fs::remove_file(&path) {
@@ -428,7 +428,7 @@ impl Lifecycle for QemuDriver {
         )
         .await?;
         let (workspace, initrd) = (files.workspace, files.initrd);
-        net::create_tap(id, record.slice).await?;
+        net::create_tap(&net::tap_name(id), &net::bridge_name(record.slice), None).await?;
 
         let console = dir.join("console.log");
         let args = qemu_args(&QemuArgs {

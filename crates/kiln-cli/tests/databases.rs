@@ -104,19 +104,19 @@ fn pid_alive(pid: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Whether the firewall's `org_services` set holds the door of the org bridge whose gateway is
+/// Whether the firewall's `org_doors` set holds the door of the org bridge whose gateway is
 /// `host` to `port` (the set is the host's, shared by every platform running on it).
 fn door_open(host: &str, port: u16) -> bool {
     let octets: Vec<&str> = host.split('.').take(3).collect();
-    let element = format!("\"kb-{}\" . tcp . {port}", octets.join("-"));
+    let element = format!("\"kb-{}\" . {host} . tcp . {port}", octets.join("-"));
     org_doors().contains(&element)
 }
 
-/// The `org_services` set of the firewall: the (bridge, port) doors open to one org.
+/// The `org_doors` set of the firewall: the (bridge, gateway, port) doors open to one org.
 #[allow(clippy::disallowed_methods)] // The test reads the host's firewall as an operator would.
 fn org_doors() -> String {
     std::process::Command::new("nft")
-        .args(["list", "set", "inet", "kiln", "org_services"])
+        .args(["list", "set", "inet", "kiln", "org_doors"])
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default()
@@ -325,6 +325,29 @@ async fn postgres_from_sandbox_to_production() {
         })
         .await
         .expect("other app");
+    // The other org's own database takes the same port number on its own gateway, so its
+    // door must not open this one.
+    let foreign_db = foreign
+        .create_database(
+            "intruder",
+            &DatabaseConfig {
+                engine: "redis".into(),
+                name: "cache".into(),
+            },
+            60,
+        )
+        .await
+        .expect("other org's database");
+    assert_eq!(
+        foreign_db.status,
+        DatabaseStatus::Healthy,
+        "{:?}",
+        foreign_db.error
+    );
+    assert_eq!(
+        foreign_db.port, port,
+        "the same port number on another gateway"
+    );
     let foreign_sbx = foreign
         .create_sandbox("intruder", &SandboxConfig::default(), 120)
         .await

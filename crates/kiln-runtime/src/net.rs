@@ -25,7 +25,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::{error::RuntimeError, spawn::run_tool};
+use crate::{OrgNetwork, error::RuntimeError, spawn::run_tool};
 
 /// The nftables table Kiln owns; nothing else in it is touched by other software.
 pub const NFT_TABLE: &str = "kiln";
@@ -247,25 +247,32 @@ pub(crate) async fn ensure_bridge(slice: Ipv4Cidr) -> Result<(), RuntimeError> {
     Ok(())
 }
 
-/// Lets the machines on `bridge` (one org's), and no others, connect to TCP `port` on the
-/// host: the door to a node service that belongs to that org, such as its database.
-pub async fn allow_org_service(bridge: &str, port: u16) -> Result<(), RuntimeError> {
-    let element =
-        format!("add element inet {NFT_TABLE} org_services {{ \"{bridge}\" . tcp . {port} }}\n");
-    run_tool("nft", &["-f", "-"], Some(&element)).await?;
+/// Lets the machines of `org` (on its bridge), and no others, connect to TCP `port` on the
+/// org's gateway address: the door to a node service that belongs to that org, such as its
+/// database. The address is part of the door, so another org's door to the same port number
+/// on its own gateway opens nothing here.
+pub async fn allow_org_service(org: &OrgNetwork, port: u16) -> Result<(), RuntimeError> {
+    let element = org_door(org, port);
+    let script = format!("add element inet {NFT_TABLE} org_doors {element}\n");
+    run_tool("nft", &["-f", "-"], Some(&script)).await?;
     Ok(())
 }
 
 /// Closes the door [`allow_org_service`] opened. Idempotent.
-pub async fn revoke_org_service(bridge: &str, port: u16) -> Result<(), RuntimeError> {
+pub async fn revoke_org_service(org: &OrgNetwork, port: u16) -> Result<(), RuntimeError> {
     // Add, then delete, in one transaction: nftables 1.0.6 cannot delete "if present".
-    let element = format!("{{ \"{bridge}\" . tcp . {port} }}");
+    let element = org_door(org, port);
     let script = format!(
-        "add element inet {NFT_TABLE} org_services {element}\n\
-         delete element inet {NFT_TABLE} org_services {element}\n"
+        "add element inet {NFT_TABLE} org_doors {element}\n\
+         delete element inet {NFT_TABLE} org_doors {element}\n"
     );
     run_tool("nft", &["-f", "-"], Some(&script)).await?;
     Ok(())
+}
+
+/// An `org_doors` element: the org's bridge, its gateway, TCP, the port.
+fn org_door(org: &OrgNetwork, port: u16) -> String {
+    format!("{{ \"{}\" . {} . tcp . {port} }}", org.bridge, org.gateway)
 }
 
 /// Lets machines on bridge `name` reach each other (the `same_bridge` nftables set).
@@ -362,7 +369,8 @@ pub(crate) async fn teardown_machine(id: &str) -> Result<(), RuntimeError> {
 /// Kiln drivers' subnets and bridges, operator-allowed services) survive a restart. The
 /// `host_services` set is the hook for explicitly allowed host ports: add
 /// `tcp . 5432`-style elements to let machines reach a service on the node
-/// (`nft add element inet kiln host_services { tcp . 5432 }`).
+/// (`nft add element inet kiln host_services { tcp . 5432 }`). `org_services` is the doors'
+/// earlier set, which keyed no address; it is created and dropped so older nodes lose it.
 pub fn ruleset() -> String {
     let t = NFT_TABLE;
     let br = format!("\"{BRIDGE_PREFIX}*\"");
@@ -371,7 +379,8 @@ pub fn ruleset() -> String {
 add set inet {t} same_bridge {{ type ifname . ifname; comment \"bridges whose ports may talk to each other\"; }}
 add set inet {t} egress_nets {{ type ipv4_addr; flags interval; comment \"machine subnets NATed out to the internet\"; }}
 add set inet {t} host_services {{ type inet_proto . inet_service; comment \"host ports machines may connect to\"; }}
-add set inet {t} org_services {{ type ifname . inet_proto . inet_service; comment \"host ports only one org's bridge may connect to\"; }}
+add set inet {t} org_doors {{ type ifname . ipv4_addr . inet_proto . inet_service; comment \"host address and port only one org's bridge may connect to\"; }}
+add set inet {t} org_services {{ type ifname . inet_proto . inet_service; }}
 add chain inet {t} input {{ type filter hook input priority filter - 10; policy accept; }}
 add chain inet {t} forward {{ type filter hook forward priority filter - 10; policy accept; }}
 add chain inet {t} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}
@@ -380,7 +389,7 @@ flush chain inet {t} forward
 flush chain inet {t} postrouting
 add rule inet {t} input iifname {br} ct state established,related accept
 add rule inet {t} input iifname {br} meta l4proto . th dport @host_services accept
-add rule inet {t} input iifname . meta l4proto . th dport @org_services accept
+add rule inet {t} input iifname . ip daddr . meta l4proto . th dport @org_doors accept
 add rule inet {t} input iifname {br} drop
 add rule inet {t} forward iifname . oifname @same_bridge accept
 add rule inet {t} forward oifname {br} ct state established,related accept
@@ -389,6 +398,7 @@ add rule inet {t} forward iifname {br} ip daddr 169.254.0.0/16 drop
 add rule inet {t} forward iifname {br} oifname != {br} ip saddr @egress_nets accept
 add rule inet {t} forward iifname {br} drop
 add rule inet {t} postrouting oifname != {br} ip saddr @egress_nets masquerade
+delete set inet {t} org_services
 "
     )
 }

@@ -331,7 +331,7 @@ impl Service {
             let shutdown = s3.shutdown.clone();
             tokio::spawn(async move { endpoint.serve(listener, shutdown).await });
         }
-        kiln_runtime::net::allow_org_service(&network.bridge, s3.port)
+        kiln_runtime::net::allow_org_service(&network, s3.port)
             .await
             .map_err(|e| format!("opening the org's firewall to S3: {e}"))?;
         gateways.insert(org_id.to_owned(), network.gateway);

@@ -103,10 +103,10 @@ impl Service {
         };
         let started = std::time::Instant::now();
         if let Err(e) = self.engines().provision(&inst, &admin, &login).await {
-            let _ = kiln_runtime::net::revoke_org_service(&network.bridge, inst.port).await;
+            let _ = kiln_runtime::net::revoke_org_service(&network, inst.port).await;
             return Err(e.to_string());
         }
-        kiln_runtime::net::allow_org_service(&network.bridge, inst.port)
+        kiln_runtime::net::allow_org_service(&network, inst.port)
             .await
             .map_err(|e| format!("opening the org's firewall door: {e}"))?;
         self.store()
@@ -129,7 +129,7 @@ impl Service {
             .start(&inst, &admin)
             .await
             .map_err(|e| e.to_string())?;
-        kiln_runtime::net::allow_org_service(&network.bridge, inst.port)
+        kiln_runtime::net::allow_org_service(&network, inst.port)
             .await
             .map_err(|e| format!("opening the org's firewall door: {e}"))?;
         if let Some(retired) = &record.retired_user {
@@ -174,7 +174,7 @@ impl Service {
             .await
             .map_err(|e| e.to_string())?;
         if let Ok(network) = self.driver().org_network(&record.org_id).await {
-            kiln_runtime::net::revoke_org_service(&network.bridge, inst.port)
+            kiln_runtime::net::revoke_org_service(&network, inst.port)
                 .await
                 .map_err(|e| format!("closing the org's firewall door: {e}"))?;
         }

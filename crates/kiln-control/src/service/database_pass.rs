@@ -159,6 +159,16 @@ impl Service {
             .await
             .map_err(|e| e.to_string())?;
         if record.status != "healthy" {
+            // The check came from the host, which the firewall does not stand between; make
+            // sure the machines' door is open too before calling it healthy (idempotent).
+            let network = self
+                .driver()
+                .org_network(&record.org_id)
+                .await
+                .map_err(|e| format!("the org's network: {e}"))?;
+            kiln_runtime::net::allow_org_service(&network, inst.port)
+                .await
+                .map_err(|e| format!("opening the org's firewall door: {e}"))?;
             self.store()
                 .set_database_status(&record.id, "healthy", None)
                 .await

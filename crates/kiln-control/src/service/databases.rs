@@ -227,10 +227,16 @@ impl Service {
             user: kiln_databases::login_user(generation),
             password: kiln_databases::new_password(),
         };
-        self.engines()
-            .add_login(&inst, &admin, &login)
-            .await
-            .map_err(|e| ApiError::unavailable(format!("creating the new credential: {e}")))?;
+        if let Err(e) = self.engines().add_login(&inst, &admin, &login).await {
+            // A login created but not proven would make the next rotation's create collide.
+            let _ = self
+                .engines()
+                .remove_login(&inst, &admin, &login.user)
+                .await;
+            return Err(ApiError::unavailable(format!(
+                "creating the new credential: {e}"
+            )));
+        }
         self.store()
             .rotate_database_login(
                 &record.id,
@@ -246,8 +252,22 @@ impl Service {
                 }
                 other => other.into(),
             })?;
-        let restarted_deployments = self.restart_live_deployment(&record).await?;
-        let restarted_sandboxes = self.restart_sandboxes(&record).await?;
+        let restarted = match self.restart_live_deployment(&record).await {
+            Ok(deployments) => self
+                .restart_sandboxes(&record)
+                .await
+                .map(|sandboxes| (deployments, sandboxes)),
+            Err(e) => Err(e),
+        };
+        let (restarted_deployments, restarted_sandboxes) = match restarted {
+            Ok(restarted) => restarted,
+            Err(e) => {
+                // Machines may still hold the old login: it must not be revoked now. Both
+                // stay valid; the next rotation replaces the new one in its turn.
+                self.store().clear_retired_login(&record.id).await?;
+                return Err(e);
+            }
+        };
         self.engines()
             .remove_login(&inst, &admin, &record.login_user)
             .await

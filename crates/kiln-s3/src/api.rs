@@ -23,7 +23,7 @@ use s3s::{S3, S3Error, S3Request, S3Response, S3Result, s3_error};
 use crate::error::ObjectStoreError;
 use crate::keys::KeyRing;
 use crate::object_file::ObjectMeta;
-use crate::store::{ListQuery, MAX_PART_NUMBER, ObjectStore, PutOptions};
+use crate::store::{ListMarker, ListQuery, MAX_PART_NUMBER, ObjectStore, PutOptions};
 
 /// S3's cap on keys per listing page.
 const MAX_KEYS: i32 = 1000;
@@ -113,16 +113,28 @@ fn url_encode(s: &str) -> String {
     out
 }
 
-fn encode_token(marker: &str) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(marker)
+/// A continuation token: the marker's kind (`k`ey or rolled-up `p`refix), then the marker.
+fn encode_token(marker: &ListMarker) -> String {
+    let raw = match marker {
+        ListMarker::Key(key) => format!("k{key}"),
+        ListMarker::Prefix(prefix) => format!("p{prefix}"),
+    };
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
 }
 
-fn decode_token(token: &str) -> S3Result<String> {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
+fn decode_token(token: &str) -> S3Result<ListMarker> {
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(token)
         .ok()
-        .and_then(|raw| String::from_utf8(raw).ok())
-        .ok_or_else(|| s3_error!(InvalidArgument, "The continuation token is not valid"))
+        .and_then(|raw| String::from_utf8(raw).ok());
+    match raw.as_ref().and_then(|raw| raw.split_at_checked(1)) {
+        Some(("k", key)) => Ok(ListMarker::Key(key.to_owned())),
+        Some(("p", prefix)) => Ok(ListMarker::Prefix(prefix.to_owned())),
+        _ => Err(s3_error!(
+            InvalidArgument,
+            "The continuation token is not valid"
+        )),
+    }
 }
 
 #[async_trait::async_trait]
@@ -379,7 +391,7 @@ impl S3 for KilnS3 {
         let max_keys = input.max_keys.unwrap_or(MAX_KEYS).clamp(0, MAX_KEYS);
         let after = match &input.continuation_token {
             Some(token) => Some(decode_token(token)?),
-            None => input.start_after.clone(),
+            None => input.start_after.clone().map(ListMarker::Key),
         };
         let prefix = input.prefix.clone().unwrap_or_default();
         let listing = self
@@ -389,7 +401,7 @@ impl S3 for KilnS3 {
                 ListQuery {
                     prefix: &prefix,
                     delimiter: input.delimiter.as_deref(),
-                    after: after.as_deref(),
+                    after: after.as_ref(),
                     max_keys: usize::try_from(max_keys).unwrap_or(0),
                 },
             )
@@ -428,7 +440,7 @@ impl S3 for KilnS3 {
             continuation_token: input.continuation_token.clone(),
             start_after: input.start_after.as_deref().map(enc),
             is_truncated: Some(listing.next_marker.is_some()),
-            next_continuation_token: listing.next_marker.as_deref().map(encode_token),
+            next_continuation_token: listing.next_marker.as_ref().map(encode_token),
             contents: (!contents.is_empty()).then_some(contents),
             common_prefixes: (!common_prefixes.is_empty()).then_some(common_prefixes),
             encoding_type: input.encoding_type.clone(),

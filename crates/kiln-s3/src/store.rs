@@ -44,7 +44,16 @@ pub struct Listing {
     /// Key prefixes rolled up by the delimiter, in order.
     pub common_prefixes: Vec<String>,
     /// Where the next page starts, when this one was cut short.
-    pub next_marker: Option<String>,
+    pub next_marker: Option<ListMarker>,
+}
+
+/// Where a listing resumes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListMarker {
+    /// After this key (a client's `StartAfter`, or the last object of a page).
+    Key(String),
+    /// After every key under this prefix, which an earlier page rolled up.
+    Prefix(String),
 }
 
 /// A listing request.
@@ -54,8 +63,8 @@ pub struct ListQuery<'a> {
     pub prefix: &'a str,
     /// Rolls keys up to the first occurrence of this after the prefix.
     pub delimiter: Option<&'a str>,
-    /// Only keys after this (a key or a rolled-up prefix from an earlier page).
-    pub after: Option<&'a str>,
+    /// Only keys after this.
+    pub after: Option<&'a ListMarker>,
     /// At most this many objects and prefixes together.
     pub max_keys: usize,
 }
@@ -385,17 +394,17 @@ impl ObjectStore {
         let keys = all_keys(&dir).await?;
         let mut listing = Listing::default();
         let mut page_keys = Vec::new();
-        let mut last_item: Option<String> = None;
+        let mut last_item: Option<ListMarker> = None;
         for key in keys.iter() {
             if !key.starts_with(query.prefix) {
                 continue;
             }
-            if let Some(after) = query.after
-                && (key.as_str() <= after
-                    || query
-                        .delimiter
-                        .is_some_and(|d| after.ends_with(d) && key.starts_with(after)))
-            {
+            let skipped = match query.after {
+                None => false,
+                Some(ListMarker::Key(after)) => key <= after,
+                Some(ListMarker::Prefix(after)) => key <= after || key.starts_with(after.as_str()),
+            };
+            if skipped {
                 continue;
             }
             let rolled = query.delimiter.filter(|d| !d.is_empty()).and_then(|d| {
@@ -414,11 +423,11 @@ impl ObjectStore {
             }
             match rolled {
                 Some(common) => {
-                    last_item = Some(common.clone());
+                    last_item = Some(ListMarker::Prefix(common.clone()));
                     listing.common_prefixes.push(common);
                 }
                 None => {
-                    last_item = Some(key.clone());
+                    last_item = Some(ListMarker::Key(key.clone()));
                     page_keys.push(key.clone());
                 }
             }

@@ -280,6 +280,60 @@ async fn list_v2_with_prefix_delimiter_and_pagination() {
     }
     assert_eq!(pages, 3);
     assert_eq!(seen, keys);
+
+    // StartAfter is a key, not a rolled-up prefix: listing a "folder" after its own name
+    // still shows what is in it.
+    let folder = s3
+        .list_objects_v2()
+        .bucket("photos")
+        .prefix("docs/")
+        .start_after("docs/")
+        .delimiter("/")
+        .send()
+        .await
+        .expect("list after the folder name");
+    let files: Vec<_> = folder.contents().iter().filter_map(|o| o.key()).collect();
+    let dirs: Vec<_> = folder
+        .common_prefixes()
+        .iter()
+        .filter_map(|p| p.prefix())
+        .collect();
+    assert_eq!(files, ["docs/1.txt", "docs/2.txt"]);
+    assert_eq!(dirs, ["docs/deep/"]);
+
+    // A page that ends on a folder-marker object (a key ending in the delimiter) resumes after
+    // that key, not after everything under it.
+    s3.put_object()
+        .bucket("photos")
+        .key("docs/deep/")
+        .body(ByteStream::from_static(b""))
+        .send()
+        .await
+        .expect("folder marker");
+    let mut seen = Vec::new();
+    let mut token = None;
+    loop {
+        let page = s3
+            .list_objects_v2()
+            .bucket("photos")
+            .prefix("docs/deep/")
+            .delimiter("/")
+            .max_keys(1)
+            .set_continuation_token(token.clone())
+            .send()
+            .await
+            .expect("page");
+        seen.extend(
+            page.contents()
+                .iter()
+                .filter_map(|o| o.key().map(str::to_owned)),
+        );
+        if page.is_truncated() != Some(true) {
+            break;
+        }
+        token = page.next_continuation_token().map(str::to_owned);
+    }
+    assert_eq!(seen, ["docs/deep/", "docs/deep/3.txt"]);
 }
 
 #[tokio::test]

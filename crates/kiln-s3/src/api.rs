@@ -49,7 +49,9 @@ fn s3_err(err: ObjectStoreError) -> S3Error {
         ObjectStoreError::EntityTooSmall(_) => s3_error!(EntityTooSmall, "{err}"),
         ObjectStoreError::BadDigest => s3_error!(BadDigest),
         ObjectStoreError::Body(_) => s3_error!(IncompleteBody, "{err}"),
-        ObjectStoreError::Corrupt { .. } | ObjectStoreError::Io { .. } => {
+        ObjectStoreError::Corrupt { .. }
+        | ObjectStoreError::Io { .. }
+        | ObjectStoreError::Internal(_) => {
             tracing::error!(error = %err, source = ?std::error::Error::source(&err), "object store failure");
             s3_error!(InternalError)
         }

@@ -48,6 +48,9 @@ pub enum ObjectStoreError {
     /// The request body stream failed.
     #[error("reading the request body failed: {0}")]
     Body(String),
+    /// Something in the store itself failed (a worker task, serialising a record).
+    #[error("object store failure: {0}")]
+    Internal(String),
     /// A filesystem operation failed.
     #[error("{action} {path}")]
     Io {

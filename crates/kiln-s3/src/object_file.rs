@@ -149,10 +149,11 @@ impl PendingFile {
             return self
                 .md5
                 .take()
-                .ok_or_else(|| ObjectStoreError::Body("an earlier write failed".into()));
+                .ok_or_else(|| ObjectStoreError::Internal("an earlier write failed".into()));
         };
-        let task_failed =
-            |e: tokio::task::JoinError| ObjectStoreError::Body(format!("write task failed: {e}"));
+        let task_failed = |e: tokio::task::JoinError| {
+            ObjectStoreError::Internal(format!("write task failed: {e}"))
+        };
         let (md5, written) = tokio::join!(hash, write);
         written
             .map_err(task_failed)?
@@ -212,7 +213,7 @@ impl PendingFile {
             sync_dir_now(target.parent().unwrap_or(Path::new(".")))
         })
         .await
-        .map_err(|e| ObjectStoreError::Body(format!("publish task failed: {e}")))?
+        .map_err(|e| ObjectStoreError::Internal(format!("publish task failed: {e}")))?
     }
 }
 
@@ -246,7 +247,7 @@ pub(crate) async fn sync_dir(dir: &Path) -> Result<(), ObjectStoreError> {
     let dir = dir.to_path_buf();
     tokio::task::spawn_blocking(move || sync_dir_now(&dir))
         .await
-        .map_err(|e| ObjectStoreError::Body(format!("fsync task failed: {e}")))?
+        .map_err(|e| ObjectStoreError::Internal(format!("fsync task failed: {e}")))?
 }
 
 /// [`sync_dir`] from a blocking context.
@@ -308,7 +309,7 @@ pub(crate) async fn open(
         Ok(Some((file, meta)))
     })
     .await
-    .map_err(|e| ObjectStoreError::Body(format!("open task failed: {e}")))?
+    .map_err(|e| ObjectStoreError::Internal(format!("open task failed: {e}")))?
 }
 
 #[cfg(test)]

@@ -468,7 +468,8 @@ impl ObjectStore {
             options,
             initiated_ms: now_ms(),
         };
-        let json = serde_json::to_vec(&info).map_err(|e| ObjectStoreError::Body(e.to_string()))?;
+        let json =
+            serde_json::to_vec(&info).map_err(|e| ObjectStoreError::Internal(e.to_string()))?;
         let mut pending = PendingFile::create(&dir).await?;
         pending.write(json.into()).await?;
         let meta = ObjectMeta {

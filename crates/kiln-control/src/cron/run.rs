@@ -1,5 +1,7 @@
 //! One cron run: a fresh machine from the app's live release, the command, the outcome.
 
+use std::time::Duration;
+
 use futures::StreamExt;
 use kiln_api::releases::Manifest;
 use kiln_guest::client::ExecEvent;
@@ -10,10 +12,23 @@ use crate::service::Service;
 
 /// How much of a run's output is kept.
 const LOG_TAIL_BYTES: usize = 8 * 1024;
+/// What a run may take beyond its command's own timeout: the machine's boot (a VM under TCG
+/// may take up to two minutes) and the release's unpacking.
+const HOST_ALLOWANCE: Duration = Duration::from_secs(180);
 
 /// Runs the command, records the outcome and removes the machine, whatever happened.
 pub(super) async fn execute(service: &Service, job: &CronJobRecord, run: &CronRunRecord) {
-    let outcome = run_in_machine(service, job, run).await;
+    // The guest ends the command at `timeout_s`; this bounds the rest (a boot or an agent that
+    // never answers), so a stuck run cannot hold the job's later slots as overlapping for ever.
+    let limit = Duration::from_secs(u64::from(job.timeout_s)) + HOST_ALLOWANCE;
+    let outcome = tokio::time::timeout(limit, run_in_machine(service, job, run))
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "no outcome from the run's machine within {} s; it was removed",
+                limit.as_secs()
+            ))
+        });
     if let Err(e) = service.driver().destroy(&run.id).await {
         tracing::warn!(run = %run.id, error = %e, "removing a cron run's machine failed");
     }

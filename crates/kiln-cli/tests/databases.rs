@@ -367,6 +367,19 @@ async fn postgres_from_sandbox_to_production() {
         "connected",
         "the org's own machine connects"
     );
+    // The server's administrator cannot log in from a machine, whatever the password.
+    let admin = sh(
+        &api,
+        &sbx,
+        &format!("psql 'postgres://kiln_admin:guess@{host}:{port}/postgres' -XAtc 'SELECT 1'"),
+    )
+    .await;
+    assert!(
+        admin.exit_code != 0 && admin.stderr.contains("rejects connection"),
+        "{} {}",
+        admin.stdout,
+        admin.stderr
+    );
     assert!(
         sh(&foreign, &foreign_sbx, "printenv DATABASE_URL")
             .await

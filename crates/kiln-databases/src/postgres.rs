@@ -47,7 +47,7 @@ pub fn template_name() -> Result<String, DbError> {
         .and_then(|n| n.to_str())
         .unwrap_or("unknown");
     // The suffix names the template's layout; a change to `build_template` bumps it.
-    Ok(format!("postgres-{version}-3"))
+    Ok(format!("postgres-{version}-4"))
 }
 
 /// Builds a template in `dir`: `dir/data` from `initdb` (without fsync: the template is
@@ -88,8 +88,14 @@ pub async fn build_template(dir: &Path, user: EngineUser) -> Result<(), DbError>
     let _ = std::fs::remove_file(&pwfile);
     out?;
     // Password logins over TCP only: no `local` lines (there is no socket), no trust, no peer.
-    let hba = "# Managed by Kiln: every login is a SCRAM password login over TCP.\n\
-               host all all 0.0.0.0/0 scram-sha-256\n";
+    // The administrator logs in only from the node itself (`samehost`: any of the server's own
+    // addresses), never from a machine, even with its password.
+    let hba = format!(
+        "# Managed by Kiln: every login is a SCRAM password login over TCP.\n\
+         host all {ADMIN_USER} samehost scram-sha-256\n\
+         host all {ADMIN_USER} all reject\n\
+         host all all 0.0.0.0/0 scram-sha-256\n"
+    );
     std::fs::write(data.join("pg_hba.conf"), hba)
         .map_err(|e| DbError::io("write pg_hba.conf", e))?;
     layout::chown_tree(&data.join("pg_hba.conf"), user)?;

@@ -137,7 +137,8 @@ impl Databases {
         }
         let user = EngineUser::of(inst.engine)?;
         let pid_file = layout::pid_file(&self.root, &inst.id);
-        if let Some(pid) = supervise::find_running(&pid_file, inst.engine.process_name())
+        let data = self.data_dir(&inst.id);
+        if let Some(pid) = supervise::find_running(&pid_file, inst.engine.process_name(), &data)
             && self.adopt(inst, user, pid, admin_password).await
         {
             return Ok(());
@@ -145,6 +146,7 @@ impl Databases {
         supervise::stop_stale(
             &pid_file,
             inst.engine.process_name(),
+            &data,
             stop_signal(inst.engine),
         )
         .await;
@@ -257,6 +259,7 @@ impl Databases {
         supervise::stop_stale(
             &layout::pid_file(&self.root, &inst.id),
             inst.engine.process_name(),
+            &self.data_dir(&inst.id),
             stop_signal(inst.engine),
         )
         .await;

@@ -182,20 +182,24 @@ async fn shut_down(child: &mut tokio::process::Child, stop_signal: Signal) {
 }
 
 /// The pid of a server left running by an earlier life of the node (after `kill -9` of
-/// `kiln up`), found through its pid file and recognised by its process name.
-pub fn find_running(pid_file: &Path, process_name: &str) -> Option<i32> {
+/// `kiln up`), found through its pid file and recognised by its process name and its working
+/// directory, the instance's data directory: after a reboot the pid may belong to another
+/// instance's server of the same engine, which must not be taken for this one.
+pub fn find_running(pid_file: &Path, process_name: &str, data: &Path) -> Option<i32> {
     let pid = std::fs::read_to_string(pid_file)
         .ok()?
         .trim()
         .parse::<i32>()
         .ok()?;
-    is_process(pid, process_name).then_some(pid)
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok()?;
+    let data = std::fs::canonicalize(data).ok()?;
+    (is_process(pid, process_name) && cwd == data).then_some(pid)
 }
 
 /// Stops a server left running by an earlier life of the node, if there is one, so a new one
 /// can take the port and the data directory.
-pub async fn stop_stale(pid_file: &Path, process_name: &str, stop_signal: Signal) {
-    if let Some(pid) = find_running(pid_file, process_name) {
+pub async fn stop_stale(pid_file: &Path, process_name: &str, data: &Path, stop_signal: Signal) {
+    if let Some(pid) = find_running(pid_file, process_name, data) {
         tracing::info!(
             pid,
             process_name,

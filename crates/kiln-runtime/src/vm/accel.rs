@@ -71,17 +71,18 @@ pub async fn choose(
     initramfs: &Path,
     cache_dir: &Path,
 ) -> Result<Accel, RuntimeError> {
+    // Without /dev/kvm there is nothing to probe, and nothing is cached: a node that gains
+    // KVM later (module loaded, device made) probes on its next start.
+    if !Path::new("/dev/kvm").exists() {
+        return Ok(Accel::Tcg);
+    }
     let cache = cache_path(kernel, cache_dir)?;
     if let Ok(bytes) = fs::read(&cache)
         && let Ok(verdict) = serde_json::from_slice::<Verdict>(&bytes)
     {
         return Ok(verdict.accel);
     }
-    let (accel, console) = if Path::new("/dev/kvm").exists() {
-        probe_kvm(qemu, kernel, initramfs, cache_dir).await?
-    } else {
-        (Accel::Tcg, "no /dev/kvm".to_owned())
-    };
+    let (accel, console) = probe_kvm(qemu, kernel, initramfs, cache_dir).await?;
     tracing::info!(%accel, kernel = %kernel.display(), "VM accelerator chosen by a probe boot");
     let verdict = Verdict {
         accel,

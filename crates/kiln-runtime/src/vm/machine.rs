@@ -87,7 +87,15 @@ pub async fn prepare(
         },
     };
     let initrd = setup.dir.join("initrd.img");
-    write_initrd(&initrd, &guest.initramfs, &initramfs::machine_part(&boot)?)?;
+    let (path, base, machine) = (
+        initrd.clone(),
+        guest.initramfs.clone(),
+        initramfs::machine_part(&boot)?,
+    );
+    // Several MB read and written per boot: off the runtime's threads.
+    tokio::task::spawn_blocking(move || write_initrd(&path, &base, &machine))
+        .await
+        .map_err(|e| RuntimeError::io("write the machine's initrd", std::io::Error::other(e)))??;
     Ok(MachineFiles { workspace, initrd })
 }
 

@@ -102,6 +102,17 @@ impl Service {
             })?;
         self.wake_reconciler();
         let mut view = self.wait_for_database(org_id, &record.id, wait).await?;
+        if view.status == DatabaseStatus::Failed {
+            // The pass left no process, data or door; the row goes too, so the name is free
+            // and nothing half-made is left to clean up.
+            self.store().delete_database(&record.id).await?;
+            self.wake_reconciler();
+            return Err(ApiError::unavailable(format!(
+                "database `{}` could not be provisioned, and nothing of it was kept: {}",
+                config.name,
+                view.error.unwrap_or_default()
+            )));
+        }
         view.url = Some(instance(&record)?.url(&login));
         Ok(view)
     }

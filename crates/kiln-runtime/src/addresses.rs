@@ -1,7 +1,8 @@
 //! The node's machine network as every driver shares it: which /24 slice of the node subnet
 //! each org has, which address each machine holds, and the org bridges with their firewall
 //! membership. The `process`, `qemu` and `firecracker` drivers all allocate here, so a
-//! machine's address works the same way whatever runs it.
+//! machine's address works the same way whatever runs it. Each driver's state directory holds
+//! its own allocation: a node runs one driver at a time.
 //!
 //! ```text
 //! <state_dir>/network.json    org → /24 slice index of the node subnet

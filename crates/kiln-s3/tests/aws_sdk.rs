@@ -119,6 +119,19 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
+/// The object keys and the rolled-up prefixes of one listing page.
+fn keys_and_prefixes(
+    page: &aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Output,
+) -> (Vec<&str>, Vec<&str>) {
+    let keys = page.contents().iter().filter_map(|o| o.key()).collect();
+    let prefixes = page
+        .common_prefixes()
+        .iter()
+        .filter_map(|p| p.prefix())
+        .collect();
+    (keys, prefixes)
+}
+
 async fn get_bytes(client: &Client, bucket: &str, key: &str) -> Vec<u8> {
     client
         .get_object()
@@ -226,12 +239,7 @@ async fn list_v2_with_prefix_delimiter_and_pagination() {
         .send()
         .await
         .expect("list");
-    let files: Vec<_> = top.contents().iter().filter_map(|o| o.key()).collect();
-    let dirs: Vec<_> = top
-        .common_prefixes()
-        .iter()
-        .filter_map(|p| p.prefix())
-        .collect();
+    let (files, dirs) = keys_and_prefixes(&top);
     assert_eq!(files, ["a.txt", "z.txt"]);
     assert_eq!(dirs, ["docs/", "img/"]);
 
@@ -243,12 +251,7 @@ async fn list_v2_with_prefix_delimiter_and_pagination() {
         .send()
         .await
         .expect("list docs");
-    let files: Vec<_> = docs.contents().iter().filter_map(|o| o.key()).collect();
-    let dirs: Vec<_> = docs
-        .common_prefixes()
-        .iter()
-        .filter_map(|p| p.prefix())
-        .collect();
+    let (files, dirs) = keys_and_prefixes(&docs);
     assert_eq!(files, ["docs/1.txt", "docs/2.txt"]);
     assert_eq!(dirs, ["docs/deep/"]);
     assert_eq!(docs.contents()[0].size(), Some(1));
@@ -292,12 +295,7 @@ async fn list_v2_with_prefix_delimiter_and_pagination() {
         .send()
         .await
         .expect("list after the folder name");
-    let files: Vec<_> = folder.contents().iter().filter_map(|o| o.key()).collect();
-    let dirs: Vec<_> = folder
-        .common_prefixes()
-        .iter()
-        .filter_map(|p| p.prefix())
-        .collect();
+    let (files, dirs) = keys_and_prefixes(&folder);
     assert_eq!(files, ["docs/1.txt", "docs/2.txt"]);
     assert_eq!(dirs, ["docs/deep/"]);
 

@@ -13,6 +13,7 @@ packages=(
     mariadb-server mariadb-client         # managed MySQL databases (MariaDB)
     redis-server                          # managed Redis databases
     qemu-system-x86 busybox-static cpio   # the qemu driver and its guest image
+    libssl-dev pkg-config                 # building: the S3 store hashes bodies with libcrypto
 )
 
 if [[ $(id -u) -ne 0 ]]; then

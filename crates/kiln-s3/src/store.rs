@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ObjectStoreError, io_err};
 use crate::names::{file_name_to_key, is_hashed_name, key_to_file_name, validate_bucket_name};
-use crate::object_file::{self, ObjectMeta, PendingFile, sync_dir};
+use crate::object_file::{self, ObjectMeta, sync_dir};
+use crate::pending::{Hashing, PendingFile};
 
 /// S3's minimum size of every part but the last.
 pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
@@ -317,7 +318,7 @@ impl ObjectStore {
         E: std::fmt::Display,
     {
         let dir = self.objects_dir(bucket).await?;
-        let mut pending = PendingFile::create(&dir).await?;
+        let mut pending = PendingFile::create(&dir, Hashing::Md5).await?;
         fill(&mut pending, body).await?;
         publish_object(pending, &dir, key, options).await
     }
@@ -337,7 +338,7 @@ impl ObjectStore {
             Some((file, meta)) if meta.key == source => (file, meta),
             _ => return Err(ObjectStoreError::NoSuchKey(source.to_owned())),
         };
-        let mut pending = PendingFile::create(&dir).await?;
+        let mut pending = PendingFile::create(&dir, Hashing::Md5).await?;
         // The open handle is read, so a source replaced meanwhile is copied whole, old or new.
         copy_body(file, &source_path, source_meta.size, &mut pending).await?;
         let options = replace.unwrap_or(PutOptions {
@@ -470,7 +471,7 @@ impl ObjectStore {
         };
         let json =
             serde_json::to_vec(&info).map_err(|e| ObjectStoreError::Internal(e.to_string()))?;
-        let mut pending = PendingFile::create(&dir).await?;
+        let mut pending = PendingFile::create(&dir, Hashing::Skip).await?;
         pending.write(json.into()).await?;
         let meta = ObjectMeta {
             key: "upload.json".into(),
@@ -528,9 +529,9 @@ impl ObjectStore {
     {
         self.upload_info(bucket, key, upload_id).await?;
         let dir = self.upload_dir(bucket, upload_id)?;
-        let mut pending = PendingFile::create(&dir).await?;
+        let mut pending = PendingFile::create(&dir, Hashing::Md5).await?;
         fill(&mut pending, body).await?;
-        let md5 = pending.digest().await?;
+        let md5 = pending.md5().await?;
         if content_md5.is_some_and(|want| want != md5) {
             return Err(ObjectStoreError::BadDigest);
         }
@@ -618,7 +619,7 @@ impl ObjectStore {
             return Err(ObjectStoreError::InvalidPart(0));
         }
         let dir = self.objects_dir(bucket).await?;
-        let mut pending = PendingFile::create(&dir).await?;
+        let mut pending = PendingFile::create(&dir, Hashing::Skip).await?;
         let mut md5s = Md5::new();
         for part in &chosen {
             let path = upload_dir.join(part_file(part.number));
@@ -721,7 +722,7 @@ async fn publish_object(
     key: &str,
     options: PutOptions,
 ) -> Result<ObjectMeta, ObjectStoreError> {
-    let md5 = pending.digest().await?;
+    let md5 = pending.md5().await?;
     if options.content_md5.is_some_and(|want| want != md5) {
         return Err(ObjectStoreError::BadDigest);
     }

@@ -1,0 +1,360 @@
+//! A body on its way to becoming an object file: streamed into a hidden temporary file and
+//! made visible only by [`PendingFile::publish`].
+//!
+//! Each body runs a small pipeline. The request task gathers network chunks into blocks and
+//! hands every block to two blocking workers, one hashing and one writing, through bounded
+//! channels. The network, the MD5 and the disk therefore overlap without waiting on each
+//! other block by block, and a slow disk or hash holds the socket back instead of filling
+//! memory. The writer starts writeback as it goes, so the closing fsync finds little to flush.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::error::{ObjectStoreError, io_err};
+use crate::md5::Md5;
+use crate::object_file::{ObjectMeta, footer, sync_dir_now};
+
+/// Chunks are handed to the workers in blocks at least this large: small enough that the
+/// hash starts while a body still streams in, large enough that hand-offs cost little.
+const BLOCK: usize = 256 << 10;
+/// Blocks queued per worker: the memory one upload may hold ahead of its slowest stage.
+const QUEUED_BLOCKS: usize = 16;
+/// The writer asks the kernel to start writeback after this many bytes.
+const WRITEBACK_STEP: u64 = 1 << 20;
+
+type Block = Arc<Vec<Bytes>>;
+
+/// Whether a body's MD5 is computed as it streams in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Hashing {
+    /// Needed for an ETag or a `Content-MD5` check.
+    Md5,
+    /// The caller knows the ETag already (a completed multipart upload).
+    Skip,
+}
+
+/// A temporary file being filled with a body; becomes visible only through [`publish`].
+///
+/// [`publish`]: PendingFile::publish
+pub(crate) struct PendingFile {
+    path: PathBuf,
+    file: Arc<std::fs::File>,
+    /// Chunks not yet handed to the workers, and their total length.
+    block: Vec<Bytes>,
+    block_len: usize,
+    workers: Option<Workers>,
+    /// The body's MD5, once [`PendingFile::finish`] has run.
+    digest: Option<[u8; 16]>,
+    size: u64,
+    /// Set once the publishing task owns the file; until then dropping the value removes it
+    /// (a client that hangs up mid-upload drops the request future, and with it this).
+    published: bool,
+}
+
+struct Workers {
+    to_hasher: Option<mpsc::Sender<Block>>,
+    to_writer: mpsc::Sender<Block>,
+    hasher: Option<JoinHandle<Md5>>,
+    writer: JoinHandle<std::io::Result<()>>,
+}
+
+impl Drop for PendingFile {
+    fn drop(&mut self) {
+        if !self.published {
+            // The workers see their channels close and stop; the writer's handle keeps the
+            // unlinked file alive only until then.
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+impl PendingFile {
+    /// Creates a hidden temporary file in `dir` (the directory it will be renamed within, so
+    /// the rename is atomic and never crosses filesystems) and starts its workers.
+    pub(crate) async fn create(
+        dir: &Path,
+        hashing: Hashing,
+    ) -> Result<PendingFile, ObjectStoreError> {
+        let path = dir.join(format!(".tmp-{}", crate::random_hex(16)));
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .await
+            .map_err(io_err("create", &path))?;
+        let file = Arc::new(file.into_std().await);
+        let (to_writer, writer_queue) = mpsc::channel(QUEUED_BLOCKS);
+        let writer = tokio::task::spawn_blocking({
+            let file = Arc::clone(&file);
+            move || write_blocks(&file, writer_queue)
+        });
+        let (to_hasher, hasher) = match hashing {
+            Hashing::Md5 => {
+                let (to_hasher, queue) = mpsc::channel(QUEUED_BLOCKS);
+                (
+                    Some(to_hasher),
+                    Some(tokio::task::spawn_blocking(move || hash_blocks(queue))),
+                )
+            }
+            Hashing::Skip => (None, None),
+        };
+        Ok(PendingFile {
+            path,
+            file,
+            block: Vec::new(),
+            block_len: 0,
+            workers: Some(Workers {
+                to_hasher,
+                to_writer,
+                hasher,
+                writer,
+            }),
+            digest: None,
+            size: 0,
+            published: false,
+        })
+    }
+
+    /// Appends body bytes.
+    pub(crate) async fn write(&mut self, chunk: Bytes) -> Result<(), ObjectStoreError> {
+        self.size += chunk.len() as u64;
+        self.block_len += chunk.len();
+        self.block.push(chunk);
+        if self.block_len >= BLOCK {
+            self.hand_off().await?;
+        }
+        Ok(())
+    }
+
+    /// Hands the gathered chunks to the workers, waiting while either is a full queue behind.
+    async fn hand_off(&mut self) -> Result<(), ObjectStoreError> {
+        let block: Block = Arc::new(std::mem::take(&mut self.block));
+        self.block_len = 0;
+        let workers = self.workers.as_ref().ok_or_else(finished)?;
+        let stopped = || ObjectStoreError::Internal("a body worker stopped early".into());
+        if let Some(to_hasher) = &workers.to_hasher {
+            to_hasher
+                .send(Arc::clone(&block))
+                .await
+                .map_err(|_| stopped())?;
+        }
+        if workers.to_writer.send(block).await.is_ok() {
+            return Ok(());
+        }
+        // The writer ended early, so it failed: its outcome says why.
+        let Some(Workers { writer, .. }) = self.workers.take() else {
+            return Err(stopped());
+        };
+        Err(match writer.await {
+            Ok(Err(e)) => io_err("write", &self.path)(e),
+            Ok(Ok(())) => stopped(),
+            Err(e) => ObjectStoreError::Internal(format!("body worker: {e}")),
+        })
+    }
+
+    /// Bytes written so far.
+    pub(crate) fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Hands over what is left, waits for the workers, and answers the body's MD5 (`None`
+    /// without [`Hashing::Md5`]). Once it has answered, the body is on disk.
+    pub(crate) async fn finish(&mut self) -> Result<Option<[u8; 16]>, ObjectStoreError> {
+        if self.workers.is_none() {
+            return Ok(self.digest);
+        }
+        if self.block_len > 0 {
+            self.hand_off().await?;
+        }
+        let Workers {
+            to_hasher,
+            to_writer,
+            hasher,
+            writer,
+        } = self.workers.take().ok_or_else(finished)?;
+        // Closed queues tell the workers the body is complete.
+        drop((to_hasher, to_writer));
+        let task_failed =
+            |e: tokio::task::JoinError| ObjectStoreError::Internal(format!("body worker: {e}"));
+        let hashed = async {
+            match hasher {
+                Some(hasher) => hasher.await.map(Some),
+                None => Ok(None),
+            }
+        };
+        let (md5, written) = tokio::join!(hashed, writer);
+        written
+            .map_err(task_failed)?
+            .map_err(io_err("write", &self.path))?;
+        self.digest = match md5.map_err(task_failed)? {
+            Some(md5) => Some(md5.finish().map_err(|e| {
+                ObjectStoreError::Internal(format!("libcrypto failed to hash the body: {e}"))
+            })?),
+            None => None,
+        };
+        Ok(self.digest)
+    }
+
+    /// [`PendingFile::finish`] for a body created with [`Hashing::Md5`]: its MD5.
+    pub(crate) async fn md5(&mut self) -> Result<[u8; 16], ObjectStoreError> {
+        self.finish()
+            .await?
+            .ok_or_else(|| ObjectStoreError::Internal("the body was not hashed".into()))
+    }
+
+    /// Appends the trailer, fsyncs, then renames the file to `target` and fsyncs the
+    /// directory so the rename itself survives a crash.
+    pub(crate) async fn publish(
+        mut self,
+        meta: &ObjectMeta,
+        target: &Path,
+    ) -> Result<(), ObjectStoreError> {
+        self.finish().await?;
+        let footer = footer(meta, target)?;
+        let file = Arc::clone(&self.file);
+        let path = self.path.clone();
+        let target = target.to_path_buf();
+        // From here the task below owns the temporary file: it runs to the end even if the
+        // upload's future is dropped, and removes the file itself if it fails before the rename.
+        self.published = true;
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = seal_and_rename(&file, &footer, &path, &target) {
+                let _ = std::fs::remove_file(&path);
+                return Err(e);
+            }
+            sync_dir_now(target.parent().unwrap_or(Path::new(".")))
+        })
+        .await
+        .map_err(|e| ObjectStoreError::Internal(format!("publish task failed: {e}")))?
+    }
+}
+
+fn finished() -> ObjectStoreError {
+    ObjectStoreError::Internal("the body was already finished".into())
+}
+
+/// The hashing worker: MD5 over every block, in order, until the queue closes.
+fn hash_blocks(mut queue: mpsc::Receiver<Block>) -> Md5 {
+    let mut md5 = Md5::new();
+    while let Some(block) = queue.blocking_recv() {
+        block.iter().for_each(|chunk| md5.update(chunk));
+    }
+    md5
+}
+
+/// The writing worker: appends every block, in order, until the queue closes, starting
+/// writeback as it goes.
+fn write_blocks(file: &std::fs::File, mut queue: mpsc::Receiver<Block>) -> std::io::Result<()> {
+    let mut file = file;
+    let (mut written, mut written_back) = (0u64, 0u64);
+    while let Some(block) = queue.blocking_recv() {
+        for chunk in block.iter() {
+            file.write_all(chunk)?;
+            written += chunk.len() as u64;
+        }
+        if written - written_back >= WRITEBACK_STEP {
+            start_writeback(file, written_back, written - written_back);
+            written_back = written;
+        }
+    }
+    Ok(())
+}
+
+/// Appends the footer to the temporary file at `path`, fsyncs it and renames it to `target`.
+fn seal_and_rename(
+    file: &std::fs::File,
+    footer: &[u8],
+    path: &Path,
+    target: &Path,
+) -> Result<(), ObjectStoreError> {
+    let mut file = file;
+    file.write_all(footer).map_err(io_err("write", path))?;
+    file.sync_all().map_err(io_err("fsync", path))?;
+    std::fs::rename(path, target).map_err(io_err("rename", target))
+}
+
+/// Asks the kernel to start writing a just-written range back to disk without waiting for it,
+/// as `dd oflag=nocache` does (pages already clean by then leave the cache: an upload is rarely
+/// read back at once). Only a hint: the closing fsync is what makes the object durable.
+fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
+    let _ = nix::fcntl::posix_fadvise(
+        file,
+        i64::try_from(offset).unwrap_or(i64::MAX),
+        i64::try_from(len).unwrap_or(0),
+        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::io::{Read, Seek, SeekFrom};
+
+    use super::*;
+    use crate::object_file::open;
+
+    fn meta(size: u64) -> ObjectMeta {
+        ObjectMeta {
+            key: "k".into(),
+            size,
+            etag: "e".into(),
+            content_type: Some("text/plain".into()),
+            metadata: BTreeMap::from([("a".into(), "b".into())]),
+            last_modified_ms: 1,
+            parts: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_published_file_reads_back_its_meta_and_body() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut pending = PendingFile::create(dir.path(), Hashing::Md5)
+            .await
+            .expect("create");
+        pending
+            .write(Bytes::from_static(b"hello "))
+            .await
+            .expect("write");
+        pending
+            .write(Bytes::from_static(b"world"))
+            .await
+            .expect("write");
+        assert_eq!(pending.size(), 11);
+        let target = dir.path().join("obj");
+        pending.publish(&meta(11), &target).await.expect("publish");
+        let (mut file, read) = open(&target).await.expect("open").expect("exists");
+        assert_eq!(read, meta(11));
+        let mut body = vec![0; 11];
+        file.seek(SeekFrom::Start(0)).expect("seek");
+        file.read_exact(&mut body).expect("read");
+        assert_eq!(&body, b"hello world");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(
+            names,
+            vec![std::ffi::OsString::from("obj")],
+            "no temp file left"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_write_leaves_no_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut pending = PendingFile::create(dir.path(), Hashing::Md5)
+            .await
+            .expect("create");
+        pending
+            .write(Bytes::from_static(b"half an upload"))
+            .await
+            .expect("write");
+        drop(pending);
+        assert_eq!(std::fs::read_dir(dir.path()).expect("list").count(), 0);
+    }
+}

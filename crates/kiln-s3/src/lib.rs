@@ -13,6 +13,7 @@ mod object_file;
 mod pending;
 mod presign;
 mod server;
+mod stage;
 mod store;
 
 pub use error::ObjectStoreError;

@@ -2,27 +2,26 @@
 //! made visible only by [`PendingFile::publish`].
 //!
 //! Each body runs a small pipeline. The request task gathers network chunks into blocks and
-//! hands every block to two blocking workers, one hashing and one writing, through bounded
-//! channels. The network, the MD5 and the disk therefore overlap without waiting on each
-//! other block by block, and a slow disk or hash holds the socket back instead of filling
-//! memory. The writer starts writeback as it goes, so the closing fsync finds little to flush.
+//! hands every block to two [`Stage`]s on the blocking pool, one hashing and one writing. The
+//! network, the MD5 and the disk therefore overlap without waiting on each other block by
+//! block, and a full queue holds the socket back instead of filling memory. The writer starts
+//! writeback as it goes, so the closing fsync finds little to flush.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 use crate::error::{ObjectStoreError, io_err};
 use crate::md5::Md5;
 use crate::object_file::{ObjectMeta, footer, sync_dir_now};
+use crate::stage::Stage;
 
-/// Chunks are handed to the workers in blocks at least this large: small enough that the
+/// Chunks are handed to the stages in blocks at least this large: small enough that the
 /// hash starts while a body still streams in, large enough that hand-offs cost little.
 const BLOCK: usize = 256 << 10;
-/// Blocks queued per worker: the memory one upload may hold ahead of its slowest stage.
+/// Blocks queued per stage: the memory one upload may hold ahead of its slowest stage.
 const QUEUED_BLOCKS: usize = 16;
 /// The writer asks the kernel to start writeback after this many bytes.
 const WRITEBACK_STEP: u64 = 1 << 20;
@@ -44,10 +43,12 @@ pub(crate) enum Hashing {
 pub(crate) struct PendingFile {
     path: PathBuf,
     file: Arc<std::fs::File>,
-    /// Chunks not yet handed to the workers, and their total length.
+    /// Chunks not yet handed to the stages, and their total length.
     block: Vec<Bytes>,
     block_len: usize,
-    workers: Option<Workers>,
+    /// Both `None` once [`PendingFile::finish`] has run; the hasher also without hashing.
+    hasher: Option<Stage<Md5, Block>>,
+    writer: Option<Stage<Writer, Block>>,
     /// The body's MD5, once [`PendingFile::finish`] has run.
     digest: Option<[u8; 16]>,
     size: u64,
@@ -56,18 +57,17 @@ pub(crate) struct PendingFile {
     published: bool,
 }
 
-struct Workers {
-    to_hasher: Option<mpsc::Sender<Block>>,
-    to_writer: mpsc::Sender<Block>,
-    hasher: Option<JoinHandle<Md5>>,
-    writer: JoinHandle<std::io::Result<()>>,
+/// The writing stage's state.
+struct Writer {
+    file: Arc<std::fs::File>,
+    written: u64,
+    written_back: u64,
 }
 
 impl Drop for PendingFile {
     fn drop(&mut self) {
         if !self.published {
-            // The workers see their channels close and stop; the writer's handle keeps the
-            // unlinked file alive only until then.
+            // The stages drop their queues; a write in hand goes to the unlinked file.
             let _ = std::fs::remove_file(&self.path);
         }
     }
@@ -75,7 +75,7 @@ impl Drop for PendingFile {
 
 impl PendingFile {
     /// Creates a hidden temporary file in `dir` (the directory it will be renamed within, so
-    /// the rename is atomic and never crosses filesystems) and starts its workers.
+    /// the rename is atomic and never crosses filesystems).
     pub(crate) async fn create(
         dir: &Path,
         hashing: Hashing,
@@ -88,32 +88,19 @@ impl PendingFile {
             .await
             .map_err(io_err("create", &path))?;
         let file = Arc::new(file.into_std().await);
-        let (to_writer, writer_queue) = mpsc::channel(QUEUED_BLOCKS);
-        let writer = tokio::task::spawn_blocking({
-            let file = Arc::clone(&file);
-            move || write_blocks(&file, writer_queue)
-        });
-        let (to_hasher, hasher) = match hashing {
-            Hashing::Md5 => {
-                let (to_hasher, queue) = mpsc::channel(QUEUED_BLOCKS);
-                (
-                    Some(to_hasher),
-                    Some(tokio::task::spawn_blocking(move || hash_blocks(queue))),
-                )
-            }
-            Hashing::Skip => (None, None),
+        let writer = Writer {
+            file: Arc::clone(&file),
+            written: 0,
+            written_back: 0,
         };
         Ok(PendingFile {
             path,
             file,
             block: Vec::new(),
             block_len: 0,
-            workers: Some(Workers {
-                to_hasher,
-                to_writer,
-                hasher,
-                writer,
-            }),
+            hasher: (hashing == Hashing::Md5)
+                .then(|| Stage::new(Md5::new(), hash_block, QUEUED_BLOCKS)),
+            writer: Some(Stage::new(writer, write_block, QUEUED_BLOCKS)),
             digest: None,
             size: 0,
             published: false,
@@ -131,30 +118,18 @@ impl PendingFile {
         Ok(())
     }
 
-    /// Hands the gathered chunks to the workers, waiting while either is a full queue behind.
+    /// Hands the gathered chunks to the stages, waiting while either is a full queue behind.
     async fn hand_off(&mut self) -> Result<(), ObjectStoreError> {
         let block: Block = Arc::new(std::mem::take(&mut self.block));
         self.block_len = 0;
-        let workers = self.workers.as_ref().ok_or_else(finished)?;
-        let stopped = || ObjectStoreError::Internal("a body worker stopped early".into());
-        if let Some(to_hasher) = &workers.to_hasher {
-            to_hasher
-                .send(Arc::clone(&block))
-                .await
-                .map_err(|_| stopped())?;
+        let writer = self.writer.as_mut().ok_or_else(finished)?;
+        if let Some(hasher) = &mut self.hasher {
+            hasher.push(Arc::clone(&block)).await.map_err(hash_failed)?;
         }
-        if workers.to_writer.send(block).await.is_ok() {
-            return Ok(());
-        }
-        // The writer ended early, so it failed: its outcome says why.
-        let Some(Workers { writer, .. }) = self.workers.take() else {
-            return Err(stopped());
-        };
-        Err(match writer.await {
-            Ok(Err(e)) => io_err("write", &self.path)(e),
-            Ok(Ok(())) => stopped(),
-            Err(e) => ObjectStoreError::Internal(format!("body worker: {e}")),
-        })
+        writer
+            .push(block)
+            .await
+            .map_err(io_err("write", &self.path))
     }
 
     /// Bytes written so far.
@@ -162,39 +137,29 @@ impl PendingFile {
         self.size
     }
 
-    /// Hands over what is left, waits for the workers, and answers the body's MD5 (`None`
-    /// without [`Hashing::Md5`]). Once it has answered, the body is on disk.
+    /// Hands over what is left, waits for the stages, and answers the body's MD5 (`None`
+    /// without [`Hashing::Md5`]). Once it has answered, the whole body has been written.
     pub(crate) async fn finish(&mut self) -> Result<Option<[u8; 16]>, ObjectStoreError> {
-        if self.workers.is_none() {
+        if self.writer.is_none() {
             return Ok(self.digest);
         }
         if self.block_len > 0 {
             self.hand_off().await?;
         }
-        let Workers {
-            to_hasher,
-            to_writer,
-            hasher,
-            writer,
-        } = self.workers.take().ok_or_else(finished)?;
-        // Closed queues tell the workers the body is complete.
-        drop((to_hasher, to_writer));
-        let task_failed =
-            |e: tokio::task::JoinError| ObjectStoreError::Internal(format!("body worker: {e}"));
+        let writer = self.writer.take().ok_or_else(finished)?;
         let hashed = async {
-            match hasher {
-                Some(hasher) => hasher.await.map(Some),
+            match self.hasher.take() {
+                Some(hasher) => hasher.finish().await.map(Some),
                 None => Ok(None),
             }
         };
-        let (md5, written) = tokio::join!(hashed, writer);
-        written
-            .map_err(task_failed)?
-            .map_err(io_err("write", &self.path))?;
-        self.digest = match md5.map_err(task_failed)? {
-            Some(md5) => Some(md5.finish().map_err(|e| {
-                ObjectStoreError::Internal(format!("libcrypto failed to hash the body: {e}"))
-            })?),
+        let (md5, written) = tokio::join!(hashed, writer.finish());
+        written.map_err(io_err("write", &self.path))?;
+        self.digest = match md5.map_err(hash_failed)? {
+            Some(md5) => Some(
+                md5.finish()
+                    .map_err(|e| hash_failed(std::io::Error::other(e)))?,
+            ),
             None => None,
         };
         Ok(self.digest)
@@ -238,29 +203,30 @@ fn finished() -> ObjectStoreError {
     ObjectStoreError::Internal("the body was already finished".into())
 }
 
-/// The hashing worker: MD5 over every block, in order, until the queue closes.
-fn hash_blocks(mut queue: mpsc::Receiver<Block>) -> Md5 {
-    let mut md5 = Md5::new();
-    while let Some(block) = queue.blocking_recv() {
-        block.iter().for_each(|chunk| md5.update(chunk));
-    }
-    md5
+fn hash_failed(e: std::io::Error) -> ObjectStoreError {
+    ObjectStoreError::Internal(format!("hashing the body failed: {e}"))
 }
 
-/// The writing worker: appends every block, in order, until the queue closes, starting
-/// writeback as it goes.
-fn write_blocks(file: &std::fs::File, mut queue: mpsc::Receiver<Block>) -> std::io::Result<()> {
-    let mut file = file;
-    let (mut written, mut written_back) = (0u64, 0u64);
-    while let Some(block) = queue.blocking_recv() {
-        for chunk in block.iter() {
-            file.write_all(chunk)?;
-            written += chunk.len() as u64;
-        }
-        if written - written_back >= WRITEBACK_STEP {
-            start_writeback(file, written_back, written - written_back);
-            written_back = written;
-        }
+/// The hashing step.
+fn hash_block(md5: &mut Md5, block: &Block) -> std::io::Result<()> {
+    block.iter().for_each(|chunk| md5.update(chunk));
+    Ok(())
+}
+
+/// The writing step: appends a block, starting writeback every [`WRITEBACK_STEP`].
+fn write_block(writer: &mut Writer, block: &Block) -> std::io::Result<()> {
+    let mut file = &*writer.file;
+    for chunk in block.iter() {
+        file.write_all(chunk)?;
+        writer.written += chunk.len() as u64;
+    }
+    if writer.written - writer.written_back >= WRITEBACK_STEP {
+        start_writeback(
+            file,
+            writer.written_back,
+            writer.written - writer.written_back,
+        );
+        writer.written_back = writer.written;
     }
     Ok(())
 }

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod api;
+mod body_writer;
 mod error;
 mod host;
 mod keys;

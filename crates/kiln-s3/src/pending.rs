@@ -4,15 +4,14 @@
 //! Each body runs a small pipeline. The request task gathers network chunks into blocks and
 //! hands every block to two [`Stage`]s on the blocking pool, one hashing and one writing. The
 //! network, the MD5 and the disk therefore overlap without waiting on each other block by
-//! block, and a full queue holds the socket back instead of filling memory. The writer starts
-//! writeback as it goes, so the closing fsync finds little to flush.
+//! block, and a full queue holds the socket back instead of filling memory.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::body_writer::BodyWriter;
 use crate::error::{ObjectStoreError, io_err};
 use crate::md5::Md5;
 use crate::object_file::{ObjectMeta, footer, sync_dir_now};
@@ -23,8 +22,6 @@ use crate::stage::Stage;
 const BLOCK: usize = 256 << 10;
 /// Blocks queued per stage: the memory one upload may hold ahead of its slowest stage.
 const QUEUED_BLOCKS: usize = 16;
-/// The writer asks the kernel to start writeback after this many bytes.
-const WRITEBACK_STEP: u64 = 1 << 20;
 
 type Block = Arc<Vec<Bytes>>;
 
@@ -42,26 +39,20 @@ pub(crate) enum Hashing {
 /// [`publish`]: PendingFile::publish
 pub(crate) struct PendingFile {
     path: PathBuf,
-    file: Arc<std::fs::File>,
     /// Chunks not yet handed to the stages, and their total length.
     block: Vec<Bytes>,
     block_len: usize,
     /// Both `None` once [`PendingFile::finish`] has run; the hasher also without hashing.
     hasher: Option<Stage<Md5, Block>>,
-    writer: Option<Stage<Writer, Block>>,
+    writer: Option<Stage<BodyWriter, Block>>,
+    /// The writer once every block has been through it, for [`PendingFile::publish`].
+    written: Option<BodyWriter>,
     /// The body's MD5, once [`PendingFile::finish`] has run.
     digest: Option<[u8; 16]>,
     size: u64,
     /// Set once the publishing task owns the file; until then dropping the value removes it
     /// (a client that hangs up mid-upload drops the request future, and with it this).
     published: bool,
-}
-
-/// The writing stage's state.
-struct Writer {
-    file: Arc<std::fs::File>,
-    written: u64,
-    written_back: u64,
 }
 
 impl Drop for PendingFile {
@@ -87,20 +78,15 @@ impl PendingFile {
             .open(&path)
             .await
             .map_err(io_err("create", &path))?;
-        let file = Arc::new(file.into_std().await);
-        let writer = Writer {
-            file: Arc::clone(&file),
-            written: 0,
-            written_back: 0,
-        };
+        let writer = BodyWriter::new(path.clone(), Arc::new(file.into_std().await));
         Ok(PendingFile {
             path,
-            file,
             block: Vec::new(),
             block_len: 0,
             hasher: (hashing == Hashing::Md5)
                 .then(|| Stage::new(Md5::new(), hash_block, QUEUED_BLOCKS)),
             writer: Some(Stage::new(writer, write_block, QUEUED_BLOCKS)),
+            written: None,
             digest: None,
             size: 0,
             published: false,
@@ -138,7 +124,7 @@ impl PendingFile {
     }
 
     /// Hands over what is left, waits for the stages, and answers the body's MD5 (`None`
-    /// without [`Hashing::Md5`]). Once it has answered, the whole body has been written.
+    /// without [`Hashing::Md5`]). Once it has answered, the whole body is with the writer.
     pub(crate) async fn finish(&mut self) -> Result<Option<[u8; 16]>, ObjectStoreError> {
         if self.writer.is_none() {
             return Ok(self.digest);
@@ -154,7 +140,7 @@ impl PendingFile {
             }
         };
         let (md5, written) = tokio::join!(hashed, writer.finish());
-        written.map_err(io_err("write", &self.path))?;
+        self.written = Some(written.map_err(io_err("write", &self.path))?);
         self.digest = match md5.map_err(hash_failed)? {
             Some(md5) => Some(
                 md5.finish()
@@ -181,14 +167,14 @@ impl PendingFile {
     ) -> Result<(), ObjectStoreError> {
         self.finish().await?;
         let footer = footer(meta, target)?;
-        let file = Arc::clone(&self.file);
+        let written = self.written.take().ok_or_else(finished)?;
         let path = self.path.clone();
         let target = target.to_path_buf();
         // From here the task below owns the temporary file: it runs to the end even if the
         // upload's future is dropped, and removes the file itself if it fails before the rename.
         self.published = true;
         tokio::task::spawn_blocking(move || {
-            if let Err(e) = seal_and_rename(&file, &footer, &path, &target) {
+            if let Err(e) = seal_and_rename(written, &footer, &path, &target) {
                 let _ = std::fs::remove_file(&path);
                 return Err(e);
             }
@@ -213,47 +199,20 @@ fn hash_block(md5: &mut Md5, block: &Block) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The writing step: appends a block, starting writeback every [`WRITEBACK_STEP`].
-fn write_block(writer: &mut Writer, block: &Block) -> std::io::Result<()> {
-    let mut file = &*writer.file;
-    for chunk in block.iter() {
-        file.write_all(chunk)?;
-        writer.written += chunk.len() as u64;
-    }
-    if writer.written - writer.written_back >= WRITEBACK_STEP {
-        start_writeback(
-            file,
-            writer.written_back,
-            writer.written - writer.written_back,
-        );
-        writer.written_back = writer.written;
-    }
-    Ok(())
+/// The writing step.
+fn write_block(writer: &mut BodyWriter, block: &Block) -> std::io::Result<()> {
+    writer.write(block)
 }
 
-/// Appends the footer to the temporary file at `path`, fsyncs it and renames it to `target`.
+/// Writes the rest of the body and the footer, fsyncs, and renames the file to `target`.
 fn seal_and_rename(
-    file: &std::fs::File,
+    written: BodyWriter,
     footer: &[u8],
     path: &Path,
     target: &Path,
 ) -> Result<(), ObjectStoreError> {
-    let mut file = file;
-    file.write_all(footer).map_err(io_err("write", path))?;
-    file.sync_all().map_err(io_err("fsync", path))?;
+    written.seal(footer).map_err(io_err("write", path))?;
     std::fs::rename(path, target).map_err(io_err("rename", target))
-}
-
-/// Asks the kernel to start writing a just-written range back to disk without waiting for it,
-/// as `dd oflag=nocache` does (pages already clean by then leave the cache: an upload is rarely
-/// read back at once). Only a hint: the closing fsync is what makes the object durable.
-fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
-    let _ = nix::fcntl::posix_fadvise(
-        file,
-        i64::try_from(offset).unwrap_or(i64::MAX),
-        i64::try_from(len).unwrap_or(0),
-        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
-    );
 }
 
 #[cfg(test)]

@@ -2,10 +2,10 @@
 //! up` (presigned URLs, HTTP on loopback), beside raw disk writes and reads of the same bytes
 //! in the same data dir, done the way the store does them (write, fsync, rename, fsync the
 //! directory). GETs are measured twice: with the object in the page cache (both sides read
-//! memory, after an untimed read on the Kiln side, whose uploads bypass the cache) and cold, its pages dropped first with `posix_fadvise(DONTNEED)` on both sides (both
-//! read the disk). Every PUT hashes its body with MD5 (the ETag S3 clients expect), so the MD5
-//! speed of the same bytes is printed too: it bounds what a PUT can reach. Run by
-//! `scripts/bench-platform.sh s3`.
+//! memory; uploads bypass the cache, so one untimed GET comes first) and cold, its pages
+//! dropped first with `posix_fadvise(DONTNEED)` on both sides (both read the disk). Every PUT
+//! hashes its body with MD5 (the ETag S3 clients expect), so the MD5 speed of the same bytes
+//! is printed too: it bounds what a PUT can reach. Run by `scripts/bench-platform.sh s3`.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};

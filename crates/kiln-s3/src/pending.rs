@@ -221,7 +221,7 @@ mod tests {
     use std::io::{Read, Seek, SeekFrom};
 
     use super::*;
-    use crate::object_file::open;
+    use crate::object_file::{Purpose, open};
 
     fn meta(size: u64) -> ObjectMeta {
         ObjectMeta {
@@ -252,7 +252,10 @@ mod tests {
         assert_eq!(pending.size(), 11);
         let target = dir.path().join("obj");
         pending.publish(&meta(11), &target).await.expect("publish");
-        let (mut file, read) = open(&target).await.expect("open").expect("exists");
+        let (mut file, read) = open(&target, Purpose::Meta)
+            .await
+            .expect("open")
+            .expect("exists");
         assert_eq!(read, meta(11));
         let mut body = vec![0; 11];
         file.seek(SeekFrom::Start(0)).expect("seek");

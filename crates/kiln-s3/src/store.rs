@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ObjectStoreError, io_err};
 use crate::names::{file_name_to_key, is_hashed_name, key_to_file_name, validate_bucket_name};
-use crate::object_file::{self, ObjectMeta, sync_dir};
+use crate::object_file::{self, ObjectMeta, Purpose, sync_dir};
 use crate::pending::{Hashing, PendingFile};
 
 /// S3's minimum size of every part but the last.
@@ -334,7 +334,7 @@ impl ObjectStore {
     ) -> Result<ObjectMeta, ObjectStoreError> {
         let dir = self.objects_dir(bucket).await?;
         let source_path = dir.join(key_to_file_name(source));
-        let (file, source_meta) = match object_file::open(&source_path).await? {
+        let (file, source_meta) = match object_file::open(&source_path, Purpose::Body).await? {
             Some((file, meta)) if meta.key == source => (file, meta),
             _ => return Err(ObjectStoreError::NoSuchKey(source.to_owned())),
         };
@@ -355,11 +355,7 @@ impl ObjectStore {
         bucket: &str,
         key: &str,
     ) -> Result<OpenObject, ObjectStoreError> {
-        let dir = self.objects_dir(bucket).await?;
-        match object_file::open(&dir.join(key_to_file_name(key))).await? {
-            Some((file, meta)) if meta.key == key => Ok(OpenObject { meta, file }),
-            _ => Err(ObjectStoreError::NoSuchKey(key.to_owned())),
-        }
+        self.open_object(bucket, key, Purpose::Body).await
     }
 
     /// An object's metadata.
@@ -368,7 +364,20 @@ impl ObjectStore {
         bucket: &str,
         key: &str,
     ) -> Result<ObjectMeta, ObjectStoreError> {
-        Ok(self.get_object(bucket, key).await?.meta)
+        Ok(self.open_object(bucket, key, Purpose::Meta).await?.meta)
+    }
+
+    async fn open_object(
+        &self,
+        bucket: &str,
+        key: &str,
+        purpose: Purpose,
+    ) -> Result<OpenObject, ObjectStoreError> {
+        let dir = self.objects_dir(bucket).await?;
+        match object_file::open(&dir.join(key_to_file_name(key)), purpose).await? {
+            Some((file, meta)) if meta.key == key => Ok(OpenObject { meta, file }),
+            _ => Err(ObjectStoreError::NoSuchKey(key.to_owned())),
+        }
     }
 
     /// Deletes an object; deleting a missing key succeeds, as in S3.
@@ -434,7 +443,7 @@ impl ObjectStore {
             }
         }
         for key in page_keys {
-            match object_file::open(&dir.join(key_to_file_name(&key))).await? {
+            match object_file::open(&dir.join(key_to_file_name(&key)), Purpose::Meta).await? {
                 Some((_, meta)) => listing.objects.push(meta),
                 // Deleted since the directory was read.
                 None => continue,
@@ -495,7 +504,8 @@ impl ObjectStore {
     ) -> Result<UploadInfo, ObjectStoreError> {
         self.objects_dir(bucket).await?;
         let dir = self.upload_dir(bucket, upload_id)?;
-        let Some((mut file, meta)) = object_file::open(&dir.join("upload")).await? else {
+        let Some((mut file, meta)) = object_file::open(&dir.join("upload"), Purpose::Body).await?
+        else {
             return Err(ObjectStoreError::NoSuchUpload(upload_id.to_owned()));
         };
         let mut json = vec![0; meta.size as usize];
@@ -575,7 +585,7 @@ impl ObjectStore {
             else {
                 continue;
             };
-            if let Some((_, meta)) = object_file::open(&entry.path()).await? {
+            if let Some((_, meta)) = object_file::open(&entry.path(), Purpose::Meta).await? {
                 parts.push(PartInfo {
                     number,
                     size: meta.size,
@@ -787,7 +797,7 @@ async fn all_keys(dir: &Path) -> Result<Vec<String>, ObjectStoreError> {
         if let Some(key) = file_name_to_key(name) {
             keys.push(key);
         } else if is_hashed_name(name)
-            && let Some((_, meta)) = object_file::open(&entry.path()).await?
+            && let Some((_, meta)) = object_file::open(&entry.path(), Purpose::Meta).await?
         {
             keys.push(meta.key);
         }

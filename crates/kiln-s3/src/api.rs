@@ -367,20 +367,35 @@ impl S3 for KilnS3 {
         &self,
         req: S3Request<DeleteObjectsInput>,
     ) -> S3Result<S3Response<DeleteObjectsOutput>> {
-        let mut deleted = Vec::new();
+        // As in S3: a key that fails is reported in the answer and the others still go; only
+        // a missing bucket fails the whole request.
+        let (mut deleted, mut failed) = (Vec::new(), Vec::new());
         for object in req.input.delete.objects {
-            self.store
+            match self
+                .store
                 .delete_object(&req.input.bucket, &object.key)
                 .await
-                .map_err(s3_err)?;
-            deleted.push(DeletedObject {
-                key: Some(object.key),
-                ..Default::default()
-            });
+            {
+                Ok(()) => deleted.push(DeletedObject {
+                    key: Some(object.key),
+                    ..Default::default()
+                }),
+                Err(e @ ObjectStoreError::NoSuchBucket(_)) => return Err(s3_err(e)),
+                Err(e) => {
+                    let e = s3_err(e);
+                    failed.push(s3s::dto::Error {
+                        code: Some(e.code().as_str().to_owned()),
+                        key: Some(object.key),
+                        message: e.message().map(str::to_owned),
+                        ..Default::default()
+                    });
+                }
+            }
         }
         let quiet = req.input.delete.quiet.unwrap_or(false);
         Ok(S3Response::new(DeleteObjectsOutput {
             deleted: (!quiet).then_some(deleted),
+            errors: (!failed.is_empty()).then_some(failed),
             ..Default::default()
         }))
     }

@@ -609,21 +609,19 @@ impl ObjectStore {
         wanted: &[(i32, String)],
     ) -> Result<ObjectMeta, ObjectStoreError> {
         let info = self.upload_info(bucket, key, upload_id).await?;
-        let stored = self.list_parts(bucket, key, upload_id).await?;
         let upload_dir = self.upload_dir(bucket, upload_id)?;
+        // Check every part before writing anything; each is opened again to be copied and
+        // checked again then, so a part the client replaces meanwhile is refused, not mixed in.
         let mut chosen = Vec::with_capacity(wanted.len());
         for (i, (number, etag)) in wanted.iter().enumerate() {
             if i > 0 && wanted[i - 1].0 >= *number {
                 return Err(ObjectStoreError::InvalidPartOrder);
             }
-            let part = stored
-                .iter()
-                .find(|p| p.number == *number && p.etag == etag.trim_matches('"'))
-                .ok_or(ObjectStoreError::InvalidPart(*number))?;
+            let (_, part) = open_part(&upload_dir, *number, etag, Purpose::Meta).await?;
             if i + 1 < wanted.len() && part.size < MIN_PART_SIZE {
                 return Err(ObjectStoreError::EntityTooSmall(*number));
             }
-            chosen.push(part.clone());
+            chosen.push((*number, part.etag));
         }
         if chosen.is_empty() {
             return Err(ObjectStoreError::InvalidPart(0));
@@ -631,11 +629,12 @@ impl ObjectStore {
         let dir = self.objects_dir(bucket).await?;
         let mut pending = PendingFile::create(&dir, Hashing::Skip).await?;
         let mut md5s = Md5::new();
-        for part in &chosen {
-            let path = upload_dir.join(part_file(part.number));
-            copy_part_body(&path, part.size, &mut pending).await?;
-            let raw = hex::decode(&part.etag).map_err(|e| ObjectStoreError::Corrupt {
-                path: path.clone(),
+        for (number, etag) in &chosen {
+            let (file, part) = open_part(&upload_dir, *number, etag, Purpose::Body).await?;
+            let path = upload_dir.join(part_file(*number));
+            copy_body(file, &path, part.size, &mut pending).await?;
+            let raw = hex::decode(etag).map_err(|e| ObjectStoreError::Corrupt {
+                path,
                 reason: format!("part ETag: {e}"),
             })?;
             md5s.update(&raw);
@@ -751,14 +750,17 @@ async fn publish_object(
     Ok(meta)
 }
 
-/// Appends the body of a part file to the pending object.
-async fn copy_part_body(
-    path: &Path,
-    size: u64,
-    pending: &mut PendingFile,
-) -> Result<(), ObjectStoreError> {
-    let file = std::fs::File::open(path).map_err(io_err("open", path))?;
-    copy_body(file, path, size, pending).await
+/// Opens part `number` of an upload, if it is there with the ETag the client named.
+async fn open_part(
+    upload_dir: &Path,
+    number: i32,
+    etag: &str,
+    purpose: Purpose,
+) -> Result<(std::fs::File, ObjectMeta), ObjectStoreError> {
+    match object_file::open(&upload_dir.join(part_file(number)), purpose).await? {
+        Some((file, part)) if part.etag == etag.trim_matches('"') => Ok((file, part)),
+        _ => Err(ObjectStoreError::InvalidPart(number)),
+    }
 }
 
 /// Appends the first `size` bytes of an open object or part file (`path` names it in errors)

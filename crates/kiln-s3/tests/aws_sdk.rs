@@ -31,7 +31,7 @@ struct Fixture {
     photos: BucketKey,
     backups: BucketKey,
     shutdown: CancellationToken,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Drop for Fixture {
@@ -75,7 +75,7 @@ impl Fixture {
             photos,
             backups,
             shutdown,
-            _dir: dir,
+            dir,
         }
     }
 
@@ -899,7 +899,7 @@ async fn a_client_hanging_up_mid_put_leaves_nothing_behind() {
     conn.write_all(&vec![7u8; 1 << 20])
         .await
         .expect("first MiB");
-    let objects = fx._dir.path().join("s3/buckets/photos/objects");
+    let objects = fx.dir.path().join("s3/buckets/photos/objects");
     let temp_count = || {
         std::fs::read_dir(&objects)
             .expect("objects dir")
@@ -931,4 +931,72 @@ async fn a_client_hanging_up_mid_put_leaves_nothing_behind() {
         .await
         .expect_err("no object");
     assert_eq!(err.raw_response().map(|r| r.status().as_u16()), Some(404));
+}
+
+#[tokio::test]
+async fn a_batch_delete_reports_a_key_it_cannot_delete_and_deletes_the_rest() {
+    use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+    let fx = Fixture::start().await;
+    let s3 = fx.client(&fx.photos);
+    for key in ["first", "stuck", "last"] {
+        s3.put_object()
+            .bucket("photos")
+            .key(key)
+            .body(ByteStream::from_static(b"x"))
+            .send()
+            .await
+            .expect("put");
+    }
+    // An immutable file cannot be unlinked, not even by root: a disk that refuses one key.
+    let stuck = fx.dir.path().join("s3/buckets/photos/objects/stuck");
+    // A test tool on a test file: nothing of the platform's environment to keep from it.
+    #[allow(clippy::disallowed_methods)]
+    let chattr = |flag: &str| {
+        let status = std::process::Command::new("chattr")
+            .arg(flag)
+            .arg(&stuck)
+            .status()
+            .expect("run chattr");
+        assert!(status.success(), "chattr {flag} {}", stuck.display());
+    };
+    chattr("+i");
+    let ids = ["first", "stuck", "last"].map(|key| {
+        ObjectIdentifier::builder()
+            .key(key)
+            .build()
+            .expect("object id")
+    });
+    let answer = s3
+        .delete_objects()
+        .bucket("photos")
+        .delete(
+            Delete::builder()
+                .set_objects(Some(ids.to_vec()))
+                .build()
+                .expect("delete"),
+        )
+        .send()
+        .await;
+    chattr("-i");
+    let answer = answer.expect("a batch delete answers even when a key fails");
+    let deleted: Vec<_> = answer.deleted().iter().filter_map(|d| d.key()).collect();
+    assert_eq!(deleted, ["first", "last"]);
+    let failed: Vec<_> = answer
+        .errors()
+        .iter()
+        .map(|e| (e.key().unwrap_or_default(), e.code().unwrap_or_default()))
+        .collect();
+    assert_eq!(failed, [("stuck", "InternalError")]);
+    let listed = s3
+        .list_objects_v2()
+        .bucket("photos")
+        .send()
+        .await
+        .expect("list");
+    let left: Vec<_> = listed.contents().iter().filter_map(|o| o.key()).collect();
+    assert_eq!(
+        left,
+        ["stuck"],
+        "the refused key stays, the others are gone"
+    );
 }

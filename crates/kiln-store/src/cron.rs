@@ -317,6 +317,20 @@ impl Store {
         Ok(())
     }
 
+    /// Drops a job's ended runs beyond its newest `keep` runs, so the history of a job that
+    /// fires every second stays bounded. Answers how many went.
+    pub async fn prune_cron_runs(&self, job_id: &str, keep: u32) -> Result<u64> {
+        let pruned = sqlx::query(
+            "DELETE FROM cron_runs WHERE job_id = $1 AND status <> 'running' AND id NOT IN \
+             (SELECT id FROM cron_runs WHERE job_id = $1 ORDER BY scheduled_at DESC, id DESC LIMIT $2)",
+        )
+        .bind(job_id)
+        .bind(i64::from(keep))
+        .execute(&self.pool)
+        .await?;
+        Ok(pruned.rows_affected())
+    }
+
     /// A job's runs, newest slot first, at most `limit`.
     pub async fn list_cron_runs(&self, job_id: &str, limit: u32) -> Result<Vec<CronRunRecord>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(

@@ -7,8 +7,8 @@ use std::str::FromStr;
 use std::sync::Once;
 
 use kiln_store::{
-    Backend, Desired, IdempotencyRecord, NewDatabase, NewOrg, NewSandbox, OrgRecord, Store,
-    StoreError,
+    Backend, Desired, IdempotencyRecord, NewCronJob, NewDatabase, NewOrg, NewSandbox, OrgRecord,
+    Store, StoreError,
 };
 use sqlx::ConnectOptions;
 use sqlx::postgres::PgConnectOptions;
@@ -136,6 +136,7 @@ store_tests!(
     concurrent_writes,
     buckets,
     databases,
+    cron_runs_are_pruned,
 );
 
 fn new_org(slug: &str) -> NewOrg {
@@ -851,6 +852,51 @@ mod cases {
         // Deleting the app takes its bucket records with it.
         store.delete_app(&acme.id, &web.id).await?;
         assert!(store.list_all_buckets().await?.is_empty());
+        Ok(())
+    }
+    /// A job's ended runs beyond the newest ones kept go; a run still going always stays.
+    pub async fn cron_runs_are_pruned(db: &TestDb) -> TestResult {
+        let store = db.open().await;
+        let acme = org(&store, "acme").await?;
+        let web = store.create_app(&acme.id, "Web", "web").await?;
+        let cmd = vec!["true".to_owned()];
+        let job = store
+            .create_cron_job(NewCronJob {
+                org_id: &acme.id,
+                app_id: &web.id,
+                name: "often",
+                schedule: "* * * * *",
+                timezone: "UTC",
+                cmd: &cmd,
+                allow_overlap: true,
+                timeout_s: 60,
+            })
+            .await?;
+        let mut seen = job.last_slot;
+        let mut claimed = Vec::new();
+        for minutes in 1..=5 {
+            let slot = job.last_slot + chrono::Duration::minutes(minutes);
+            let run = store.claim_cron_slot(&job.id, seen, slot, None).await?;
+            claimed.push(run.ok_or("the slot was claimed")?.id);
+            seen = slot;
+        }
+        // The oldest run is still going; the others ended.
+        for run in &claimed[1..] {
+            store
+                .finish_cron_run(run, "succeeded", Some(0), None, None)
+                .await?;
+        }
+        assert_eq!(store.prune_cron_runs(&job.id, 2).await?, 2);
+        let kept: Vec<_> = store
+            .list_cron_runs(&job.id, 10)
+            .await?
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(
+            kept,
+            [claimed[4].clone(), claimed[3].clone(), claimed[0].clone()]
+        );
         Ok(())
     }
 }

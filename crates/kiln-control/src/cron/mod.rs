@@ -21,6 +21,9 @@ pub use schedule::{Schedule, ScheduleError};
 
 /// How often due slots are looked for; the lateness of a run is at most this.
 const TICK: Duration = Duration::from_millis(250);
+/// Runs kept per job (newest first, plus any still going); older ones are dropped as new
+/// slots are claimed.
+pub(crate) const RUNS_KEPT: u32 = 1_000;
 
 /// Runs until `shutdown` is cancelled.
 pub async fn run(service: Service, shutdown: CancellationToken) {
@@ -88,6 +91,9 @@ async fn tick(service: &Service) -> Result<(), kiln_store::StoreError> {
         else {
             continue;
         };
+        if let Err(e) = store.prune_cron_runs(&job.id, RUNS_KEPT).await {
+            tracing::warn!(job = %job.id, error = %e, "could not prune old cron runs");
+        }
         if skip.is_some() {
             tracing::info!(job = %job.id, %slot, "cron slot skipped: previous run still going");
             continue;

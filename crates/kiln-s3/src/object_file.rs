@@ -154,23 +154,25 @@ pub(crate) fn sync_dir_now(dir: &Path) -> Result<(), ObjectStoreError> {
         .map_err(io_err("fsync", dir))
 }
 
+/// Metadata for a test object of `size` bytes.
+#[cfg(test)]
+pub(crate) fn test_meta(size: u64) -> ObjectMeta {
+    ObjectMeta {
+        key: "k".into(),
+        size,
+        etag: "e".into(),
+        content_type: Some("text/plain".into()),
+        metadata: BTreeMap::from([("a".into(), "b".into())]),
+        last_modified_ms: 1,
+        parts: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::pending::{Hashing, PendingFile};
     use bytes::Bytes;
-
-    fn meta(size: u64) -> ObjectMeta {
-        ObjectMeta {
-            key: "k".into(),
-            size,
-            etag: "e".into(),
-            content_type: Some("text/plain".into()),
-            metadata: BTreeMap::from([("a".into(), "b".into())]),
-            last_modified_ms: 1,
-            parts: None,
-        }
-    }
 
     #[tokio::test]
     async fn a_truncated_file_is_reported_damaged_not_served() {
@@ -183,7 +185,10 @@ mod tests {
             .await
             .expect("write");
         let target = dir.path().join("obj");
-        pending.publish(&meta(10), &target).await.expect("publish");
+        pending
+            .publish(&test_meta(10), &target)
+            .await
+            .expect("publish");
         let bytes = std::fs::read(&target).expect("read");
         std::fs::write(&target, &bytes[3..]).expect("truncate");
         assert!(matches!(

@@ -217,23 +217,10 @@ fn seal_and_rename(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
     use std::io::{Read, Seek, SeekFrom};
 
     use super::*;
-    use crate::object_file::{Purpose, open};
-
-    fn meta(size: u64) -> ObjectMeta {
-        ObjectMeta {
-            key: "k".into(),
-            size,
-            etag: "e".into(),
-            content_type: Some("text/plain".into()),
-            metadata: BTreeMap::from([("a".into(), "b".into())]),
-            last_modified_ms: 1,
-            parts: None,
-        }
-    }
+    use crate::object_file::{Purpose, open, test_meta};
 
     #[tokio::test]
     async fn a_published_file_reads_back_its_meta_and_body() {
@@ -251,12 +238,15 @@ mod tests {
             .expect("write");
         assert_eq!(pending.size(), 11);
         let target = dir.path().join("obj");
-        pending.publish(&meta(11), &target).await.expect("publish");
+        pending
+            .publish(&test_meta(11), &target)
+            .await
+            .expect("publish");
         let (mut file, read) = open(&target, Purpose::Meta)
             .await
             .expect("open")
             .expect("exists");
-        assert_eq!(read, meta(11));
+        assert_eq!(read, test_meta(11));
         let mut body = vec![0; 11];
         file.seek(SeekFrom::Start(0)).expect("seek");
         file.read_exact(&mut body).expect("read");

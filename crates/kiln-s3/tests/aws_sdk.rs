@@ -109,6 +109,17 @@ fn client_for(endpoint: &str, key: &BucketKey, path_style: bool) -> Client {
     Client::from_conf(config)
 }
 
+/// Puts a one-byte object into `photos`.
+async fn put_tiny(s3: &Client, key: &str) {
+    s3.put_object()
+        .bucket("photos")
+        .key(key)
+        .body(ByteStream::from_static(b"x"))
+        .send()
+        .await
+        .expect("put");
+}
+
 fn md5_hex(bytes: &[u8]) -> String {
     hex::encode(Md5::digest(bytes))
 }
@@ -223,13 +234,7 @@ async fn list_v2_with_prefix_delimiter_and_pagination() {
         "z.txt",
     ];
     for key in keys {
-        s3.put_object()
-            .bucket("photos")
-            .key(key)
-            .body(ByteStream::from_static(b"x"))
-            .send()
-            .await
-            .expect("put");
+        put_tiny(&s3, key).await;
     }
 
     let top = s3
@@ -834,13 +839,7 @@ async fn presigned_get_and_put_work_and_tampered_or_expired_urls_are_refused() {
 async fn deleting_a_bucket_deletes_its_objects() {
     let fx = Fixture::start().await;
     let s3 = fx.client(&fx.photos);
-    s3.put_object()
-        .bucket("photos")
-        .key("gone-soon")
-        .body(ByteStream::from_static(b"x"))
-        .send()
-        .await
-        .expect("put");
+    put_tiny(&s3, "gone-soon").await;
     fx.store
         .delete_bucket("photos")
         .await
@@ -939,13 +938,7 @@ async fn a_batch_delete_reports_a_key_it_cannot_delete_and_deletes_the_rest() {
     let fx = Fixture::start().await;
     let s3 = fx.client(&fx.photos);
     for key in ["first", "stuck", "last"] {
-        s3.put_object()
-            .bucket("photos")
-            .key(key)
-            .body(ByteStream::from_static(b"x"))
-            .send()
-            .await
-            .expect("put");
+        put_tiny(&s3, key).await;
     }
     // An immutable file cannot be unlinked, not even by root: a disk that refuses one key.
     let stuck = fx.dir.path().join("s3/buckets/photos/objects/stuck");

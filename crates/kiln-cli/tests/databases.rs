@@ -514,7 +514,7 @@ async fn mysql_and_redis_reach_the_sandbox() {
         eprintln!("SKIPPED: machines and database servers need root");
         return;
     }
-    let kiln = start(1).await;
+    let mut kiln = start(1).await;
     let api = kiln.client();
     api.create_app(&AppConfig {
         name: "Shop".into(),
@@ -655,6 +655,33 @@ async fn mysql_and_redis_reach_the_sandbox() {
     );
     let thawed = wait_status(&api, &cache.id, DatabaseStatus::Healthy).await;
     assert!(thawed.error.is_none(), "{:?}", thawed.error);
+
+    // --- a server that cannot start after a platform restart is unhealthy, not failed: it
+    // keeps its variable (no other Redis takes it) and comes back once it can start ----------
+    kiln.kill9();
+    nix::sys::signal::kill(cache_pid, nix::sys::signal::Signal::SIGKILL).expect("kill redis");
+    let (pid, deadline) = (
+        cache_pid.to_string(),
+        Instant::now() + Duration::from_secs(10),
+    );
+    while pid_alive(&pid) {
+        assert!(Instant::now() < deadline, "redis {pid} outlived SIGKILL");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let url = cache.url.clone().expect("url");
+    let address = url
+        .rsplit_once('@')
+        .map(|(_, rest)| rest.split('/').next().unwrap_or(rest))
+        .expect("host and port in the URL");
+    let squatter = std::net::TcpListener::bind(address).expect("take the server's port");
+    kiln.restart().await.expect("restart");
+    let api = kiln.client();
+    let down = wait_status(&api, &cache.id, DatabaseStatus::Unhealthy).await;
+    assert!(down.error.is_some_and(|e| !e.is_empty()), "says why");
+    assert_eq!(down.env, vec!["REDIS_URL_CACHE"], "keeps its variable");
+    drop(squatter);
+    let back = wait_status(&api, &cache.id, DatabaseStatus::Healthy).await;
+    assert!(back.error.is_none(), "{:?}", back.error);
 
     for (engine, id, _) in &ids {
         let deleted = api.delete_database(id).await.expect("delete");

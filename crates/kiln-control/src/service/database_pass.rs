@@ -68,9 +68,10 @@ impl Service {
         if let Err(error) = result {
             tracing::warn!(database = %record.id, %error, "database not converged");
             if record.desired == Desired::Running {
-                // A provisioned server that runs but refuses the login is unhealthy, not
-                // failed: it keeps its variables, and a later recheck may find it well.
-                let status = if recheck && is_provisioned(&record) {
+                // A provisioned server that refuses the login, or does not start after a
+                // restart, is unhealthy, not failed: it keeps its variables (so no other
+                // database of its engine takes them), and a later pass may find it well.
+                let status = if is_provisioned(&record) {
                     "unhealthy"
                 } else {
                     "failed"

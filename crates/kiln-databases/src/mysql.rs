@@ -162,16 +162,18 @@ pub async fn add_login(inst: &Instance, data: &Path, login: &Login) -> Result<()
 /// Drops user `user` and ends its sessions. Idempotent.
 pub async fn remove_login(data: &Path, user: &str) -> Result<(), DbError> {
     plain("user", user)?;
-    let sessions = admin(
-        data,
-        "listing a login's sessions",
-        &format!("SELECT id FROM information_schema.processlist WHERE user = '{user}';"),
-    )
-    .await?;
+    // Dropped first, so no session can start between the listing and the kills (a dropped
+    // user's open sessions live on until killed).
     admin(
         data,
         "revoking a login",
         &format!("DROP USER IF EXISTS '{user}'@'%';"),
+    )
+    .await?;
+    let sessions = admin(
+        data,
+        "listing a login's sessions",
+        &format!("SELECT id FROM information_schema.processlist WHERE user = '{user}';"),
     )
     .await?;
     for id in sessions

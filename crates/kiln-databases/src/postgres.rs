@@ -335,17 +335,27 @@ pub async fn remove_login(
         admin_password,
         &inst.database,
         "revoking a login",
-        &[format!(
-            "DO $$ BEGIN
-               IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{user}') THEN
-                 ALTER ROLE {user} NOLOGIN;
-                 PERFORM pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{user}';
-                 REASSIGN OWNED BY {user} TO {OWNER_ROLE};
-                 DROP OWNED BY {user};
-                 DROP ROLE {user};
-               END IF;
-             END $$;"
-        )],
+        // `NOLOGIN` commits on its own first: inside the same transaction as the terminations
+        // it would stay invisible to new logins until the end, and one could slip in between.
+        &[
+            format!(
+                "DO $$ BEGIN
+                   IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{user}') THEN
+                     ALTER ROLE {user} NOLOGIN;
+                   END IF;
+                 END $$;"
+            ),
+            format!(
+                "DO $$ BEGIN
+                   IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{user}') THEN
+                     PERFORM pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{user}';
+                     REASSIGN OWNED BY {user} TO {OWNER_ROLE};
+                     DROP OWNED BY {user};
+                     DROP ROLE {user};
+                   END IF;
+                 END $$;"
+            ),
+        ],
     )
     .await
 }

@@ -15,6 +15,14 @@ pub enum DbError {
         /// What is missing.
         detail: String,
     },
+    /// A PostgreSQL data directory was written by a major version whose server is gone.
+    #[error(
+        "the data was written by PostgreSQL {version}, whose server is not installed on this node; install the package postgresql-{version}, or upgrade the data with pg_upgrade"
+    )]
+    MajorVersionMissing {
+        /// The major version in the data directory's `PG_VERSION`.
+        version: String,
+    },
     /// The Debian user the engine runs as does not exist.
     #[error(
         "the `{user}` system user does not exist; install the engine's package (scripts/setup.sh)"

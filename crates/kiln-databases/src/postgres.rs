@@ -138,9 +138,30 @@ pub fn template_password(template: &Path) -> Result<String, DbError> {
         .map_err(|e| DbError::io("read the template password", e))
 }
 
+/// The `bin` directory of the major version that made `data` (its `PG_VERSION`): a data
+/// directory only starts under the major version that wrote it, so installing a newer server
+/// must not move existing databases onto it.
+fn bin_dir_for(data: &Path) -> Result<PathBuf, DbError> {
+    bin_dir_for_in(Path::new("/usr/lib/postgresql"), data)
+}
+
+fn bin_dir_for_in(installed: &Path, data: &Path) -> Result<PathBuf, DbError> {
+    let Ok(version) = std::fs::read_to_string(data.join("PG_VERSION")) else {
+        return bin_dir(); // not initialised yet: the newest server will create it
+    };
+    let version = version.trim();
+    let bin = installed.join(version).join("bin");
+    if bin.join("postgres").exists() {
+        return Ok(bin);
+    }
+    Err(DbError::MajorVersionMissing {
+        version: version.to_owned(),
+    })
+}
+
 /// The server command for `inst` with data in `data`.
 pub fn server_command(inst: &Instance, data: &Path) -> Result<ServerCommand, DbError> {
-    let bin = bin_dir()?;
+    let bin = bin_dir_for(data)?;
     let args = [
         "-D".to_owned(),
         data.display().to_string(),
@@ -358,4 +379,30 @@ pub async fn remove_login(
         ],
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_data_dir_runs_under_the_major_version_that_wrote_it() {
+        let installed = tempfile::tempdir().expect("temp dir");
+        for version in ["15", "17"] {
+            let bin = installed.path().join(version).join("bin");
+            std::fs::create_dir_all(&bin).expect("bin dir");
+            std::fs::write(bin.join("postgres"), "").expect("server");
+        }
+        let data = tempfile::tempdir().expect("temp dir");
+        std::fs::write(data.path().join("PG_VERSION"), "15\n").expect("PG_VERSION");
+        assert_eq!(
+            bin_dir_for_in(installed.path(), data.path()).expect("bin dir"),
+            installed.path().join("15/bin")
+        );
+        std::fs::write(data.path().join("PG_VERSION"), "13\n").expect("PG_VERSION");
+        let missing = bin_dir_for_in(installed.path(), data.path())
+            .expect_err("13 is not installed")
+            .to_string();
+        assert!(missing.contains("postgresql-13"), "{missing}");
+    }
 }

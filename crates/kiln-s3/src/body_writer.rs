@@ -10,7 +10,7 @@
 
 use std::fs::File;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Bytes per direct write, and per writeback hint on the page-cache path.
@@ -47,7 +47,7 @@ struct DirectRun {
 }
 
 impl DirectRun {
-    fn open(path: &PathBuf) -> Option<DirectRun> {
+    fn open(path: &Path) -> Option<DirectRun> {
         let file = std::fs::OpenOptions::new()
             .write(true)
             .custom_flags(nix::libc::O_DIRECT)

@@ -138,6 +138,8 @@ impl<S, B> Shared<S, B> {
         let Some(mut state) = self.lock().state.take() else {
             return; // only a running worker takes the state, and there is one at a time
         };
+        // A step that panics fails the stage instead of leaving it "running" for ever.
+        let on_panic = FailOnPanic(self);
         loop {
             let block = {
                 let mut inner = self.lock();
@@ -148,22 +150,37 @@ impl<S, B> Shared<S, B> {
                         inner.running = false;
                         drop(inner);
                         self.changed.notify_one();
+                        std::mem::forget(on_panic);
                         return;
                     }
                 }
             };
             self.changed.notify_one();
             if let Err(e) = (self.step)(&mut state, &block) {
-                let mut inner = self.lock();
-                inner.failed = true;
-                inner.error = Some(e);
-                inner.queue.clear();
-                inner.running = false;
-                drop(inner);
-                self.changed.notify_one();
+                std::mem::forget(on_panic);
+                self.fail(e);
                 return;
             }
         }
+    }
+
+    fn fail(&self, error: std::io::Error) {
+        let mut inner = self.lock();
+        inner.failed = true;
+        inner.error = Some(error);
+        inner.queue.clear();
+        inner.running = false;
+        drop(inner);
+        self.changed.notify_one();
+    }
+}
+
+/// Fails its stage when dropped, which only happens while a step unwinds.
+struct FailOnPanic<'a, S, B>(&'a Shared<S, B>);
+
+impl<S, B> Drop for FailOnPanic<'_, S, B> {
+    fn drop(&mut self) {
+        self.0.fail(std::io::Error::other("a body worker panicked"));
     }
 }
 
@@ -215,5 +232,25 @@ mod tests {
             Ok(()) => stage.finish().await.map(|_| ()),
         };
         assert_eq!(outcome.expect_err("failed").to_string(), "three");
+    }
+
+    fn panic_on_two(seen: &mut Vec<u32>, block: &u32) -> std::io::Result<()> {
+        assert_ne!(*block, 2, "a step that panics");
+        append(seen, block)
+    }
+
+    #[tokio::test]
+    async fn a_step_that_panics_fails_the_stage_instead_of_hanging_it() {
+        let mut stage = Stage::new(Vec::new(), panic_on_two, 64);
+        for block in 0..3 {
+            stage.push(block).await.expect("queued before the panic");
+        }
+        let outcome = tokio::time::timeout(std::time::Duration::from_secs(10), stage.finish())
+            .await
+            .expect("finish answers");
+        assert_eq!(
+            outcome.expect_err("failed").to_string(),
+            "a body worker panicked"
+        );
     }
 }

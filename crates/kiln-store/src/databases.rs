@@ -43,6 +43,9 @@ pub struct DatabaseRecord {
     pub admin_password: String,
     /// A login a rotation has replaced but not yet revoked.
     pub retired_user: Option<String>,
+    /// Logins replaced by rotations whose machine restarts failed: still valid, since machines
+    /// may use them, until the next rotation that restarts every machine revokes them.
+    pub stale_users: Vec<String>,
     /// When it was created.
     pub created_at: DateTime<Utc>,
     /// When it last changed.
@@ -75,7 +78,8 @@ pub struct NewDatabase {
 macro_rules! columns {
     () => {
         "id, org_id, app_id, name, engine, host, port, desired, status, error, login_user, \
-         login_password, generation, admin_password, retired_user, created_at, updated_at"
+         login_password, generation, admin_password, retired_user, stale_users, created_at, \
+         updated_at"
     };
 }
 
@@ -105,8 +109,16 @@ fn from_row(row: &AnyRow) -> Result<DatabaseRecord> {
         })?,
         admin_password: row.try_get("admin_password")?,
         retired_user: row.try_get("retired_user")?,
+        stale_users: stale_users(row)?,
         created_at: get_time(row, "created_at")?,
         updated_at: get_time(row, "updated_at")?,
+    })
+}
+
+fn stale_users(row: &AnyRow) -> Result<Vec<String>> {
+    let json: String = row.try_get("stale_users")?;
+    serde_json::from_str(&json).map_err(|e| StoreError::Corrupt {
+        what: format!("stale_users: {e}"),
     })
 }
 
@@ -120,7 +132,7 @@ impl Store {
         let done = sqlx::query(concat!(
             "INSERT INTO databases (",
             columns!(),
-            ") SELECT $1, org_id, id, $2, $3, $4, $5, 'running', 'provisioning', NULL, $6, $7, 1, $8, NULL, $9, $9 \
+            ") SELECT $1, org_id, id, $2, $3, $4, $5, 'running', 'provisioning', NULL, $6, $7, 1, $8, NULL, '[]', $9, $9 \
              FROM apps WHERE id = $10 AND org_id = $11"
         ))
         .bind(&id)
@@ -286,6 +298,62 @@ impl Store {
             .bind(id)
             .execute(&self.pool)
             .await?;
+        Ok(())
+    }
+
+    /// Keeps the retired login among the stale ones instead of revoking it (the machines that
+    /// use it could not be restarted).
+    pub async fn keep_retired_login(&self, id: &str) -> Result<()> {
+        self.change_stale_logins(id, |record| {
+            record.retired_user.take().into_iter().collect()
+        })
+        .await
+    }
+
+    /// Forgets stale logins once they are revoked.
+    pub async fn forget_stale_logins(&self, id: &str, revoked: &[String]) -> Result<()> {
+        self.change_stale_logins(id, |record| {
+            record.stale_users.retain(|user| !revoked.contains(user));
+            Vec::new()
+        })
+        .await
+    }
+
+    /// Reads the record, lets `change` edit its retired and stale logins (it answers logins
+    /// to add to the stale ones), and writes both back, in one transaction.
+    async fn change_stale_logins(
+        &self,
+        id: &str,
+        change: impl FnOnce(&mut DatabaseRecord) -> Vec<String>,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM databases WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        let mut record = from_row(&row)?;
+        let added = change(&mut record);
+        for user in added {
+            if !record.stale_users.contains(&user) {
+                record.stale_users.push(user);
+            }
+        }
+        let stale =
+            serde_json::to_string(&record.stale_users).map_err(|e| StoreError::Corrupt {
+                what: format!("stale_users: {e}"),
+            })?;
+        sqlx::query("UPDATE databases SET retired_user = $2, stale_users = $3 WHERE id = $1")
+            .bind(id)
+            .bind(record.retired_user)
+            .bind(stale)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(())
     }
 

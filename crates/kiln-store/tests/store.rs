@@ -242,6 +242,32 @@ mod cases {
         store.clear_retired_login(&main.id).await?;
         assert_eq!(store.get_database(None, &main.id).await?.retired_user, None);
 
+        // Rotations whose restarts failed keep their replaced logins as stale ones, until a
+        // later rotation revokes them.
+        store
+            .rotate_database_login(&main.id, 3, "app3", "sealed-3", "app2")
+            .await?;
+        store.keep_retired_login(&main.id).await?;
+        store
+            .rotate_database_login(&main.id, 4, "app4", "sealed-4", "app3")
+            .await?;
+        store.keep_retired_login(&main.id).await?;
+        let kept = store.get_database(None, &main.id).await?;
+        assert_eq!(
+            (kept.retired_user, kept.stale_users.clone()),
+            (None, vec!["app2".to_owned(), "app3".to_owned()])
+        );
+        store
+            .forget_stale_logins(&main.id, &kept.stale_users)
+            .await?;
+        assert!(
+            store
+                .get_database(None, &main.id)
+                .await?
+                .stale_users
+                .is_empty()
+        );
+
         store.delete_database(&main.id).await?;
         let deleting = store.get_database(None, &main.id).await?;
         assert_eq!(

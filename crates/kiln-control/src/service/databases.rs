@@ -273,17 +273,31 @@ impl Service {
         let (restarted_deployments, restarted_sandboxes) = match restarted {
             Ok(restarted) => restarted,
             Err(e) => {
-                // Machines may still hold the old login: it must not be revoked now. Both
-                // stay valid; the next rotation replaces the new one in its turn.
-                self.store().clear_retired_login(&record.id).await?;
+                // Machines may still hold the old login: it must not be revoked now. It stays
+                // valid as a stale login, which the next rotation that restarts every machine
+                // revokes.
+                self.store().keep_retired_login(&record.id).await?;
                 return Err(e);
             }
+        };
+        let revoke = |e: kiln_databases::DbError| {
+            ApiError::unavailable(format!("revoking the old credential: {e}"))
         };
         self.engines()
             .remove_login(&inst, &admin, &record.login_user)
             .await
-            .map_err(|e| ApiError::unavailable(format!("revoking the old credential: {e}")))?;
+            .map_err(revoke)?;
         self.store().clear_retired_login(&record.id).await?;
+        // Every machine now has the new login, so logins left by earlier rotations go too.
+        for stale in &record.stale_users {
+            self.engines()
+                .remove_login(&inst, &admin, stale)
+                .await
+                .map_err(revoke)?;
+        }
+        self.store()
+            .forget_stale_logins(&record.id, &record.stale_users)
+            .await?;
         let mut database = self.get_database(org_id, &record.id, None).await?;
         database.url = Some(inst.url(&login));
         Ok(Rotated {
@@ -588,6 +602,7 @@ mod tests {
             generation: 1,
             admin_password: String::new(),
             retired_user: None,
+            stale_users: Vec::new(),
             created_at: chrono::Utc::now(),
             updated_at: chrono::Utc::now(),
         }

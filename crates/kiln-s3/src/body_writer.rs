@@ -1,4 +1,5 @@
-//! The writing stage of an upload: puts body blocks into the temporary file.
+//! The writing stage of an upload: creates the temporary file, puts body blocks into it, and
+//! publishes it under its object name.
 //!
 //! Whole 1 MiB runs go through a second descriptor opened with `O_DIRECT`, from an aligned
 //! buffer straight to the device. That skips page-cache allocation, dirty tracking, writeback
@@ -11,7 +12,8 @@
 use std::fs::File;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+
+use crate::error::{ObjectStoreError, io_err};
 
 /// Bytes per direct write, and per writeback hint on the page-cache path.
 const RUN: usize = 1 << 20;
@@ -19,19 +21,33 @@ const RUN: usize = 1 << 20;
 /// covers every common device.
 const ALIGN: usize = 4096;
 
-/// The writing stage's state.
+/// The writing stage's state. It owns the temporary file: dropping the writer before
+/// [`BodyWriter::publish`] has renamed the file removes it. Because the stage drops its state
+/// only after the step in hand, an abandoned upload cannot leave a file behind, even one its
+/// first step was still creating.
 pub(crate) struct BodyWriter {
     path: PathBuf,
-    file: Arc<File>,
+    /// Created by the first step, on the blocking pool, so the request task never waits for it.
+    file: Option<File>,
     direct: Direct,
     /// Bytes put into the file so far; the buffered run, if any, follows.
     offset: u64,
     /// Where the page-cache path last asked for writeback.
     written_back: u64,
+    /// Set once the file carries its object name.
+    published: bool,
+}
+
+impl Drop for BodyWriter {
+    fn drop(&mut self) {
+        if self.file.is_some() && !self.published {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 enum Direct {
-    /// Not tried yet: opening happens in the first step, on the blocking pool.
+    /// Not tried yet: opened with the file.
     Untried,
     On(DirectRun),
     Off,
@@ -69,22 +85,38 @@ impl DirectRun {
 }
 
 impl BodyWriter {
-    /// A writer for the empty temporary file `file`, found at `path`.
-    pub(crate) fn new(path: PathBuf, file: Arc<File>) -> BodyWriter {
+    /// A writer that will create the temporary file `path` (which must not exist yet).
+    pub(crate) fn new(path: PathBuf) -> BodyWriter {
         BodyWriter {
             path,
-            file,
+            file: None,
             direct: Direct::Untried,
             offset: 0,
             written_back: 0,
+            published: false,
         }
+    }
+
+    /// The file, created (with its direct descriptor, if the filesystem allows one) on first use.
+    fn file(&mut self) -> std::io::Result<&File> {
+        if self.file.is_none() {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&self.path)?;
+            self.file = Some(file);
+            if matches!(self.direct, Direct::Untried) {
+                self.direct = DirectRun::open(&self.path).map_or(Direct::Off, Direct::On);
+            }
+        }
+        self.file
+            .as_ref()
+            .ok_or_else(|| std::io::Error::other("the body file is missing"))
     }
 
     /// The stage's step: puts a block's chunks into the file (blocking).
     pub(crate) fn write<C: AsRef<[u8]>>(&mut self, chunks: &[C]) -> std::io::Result<()> {
-        if matches!(self.direct, Direct::Untried) {
-            self.direct = DirectRun::open(&self.path).map_or(Direct::Off, Direct::On);
-        }
+        self.file()?;
         for chunk in chunks {
             self.append(chunk.as_ref())?;
         }
@@ -132,27 +164,36 @@ impl BodyWriter {
     }
 
     fn write_buffered(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.file.write_all_at(bytes, self.offset)?;
-        self.offset += bytes.len() as u64;
-        if self.offset - self.written_back >= RUN as u64 {
-            start_writeback(
-                &self.file,
-                self.written_back,
-                self.offset - self.written_back,
-            );
-            self.written_back = self.offset;
+        let (offset, written_back) = (self.offset, self.written_back);
+        let file = self.file()?;
+        file.write_all_at(bytes, offset)?;
+        let end = offset + bytes.len() as u64;
+        if end - written_back >= RUN as u64 {
+            start_writeback(file, written_back, end - written_back);
+            self.written_back = end;
         }
+        self.offset = end;
         Ok(())
     }
 
-    /// Writes the gathered partial run and then `footer` through the page cache, and fsyncs
-    /// the file: body and footer are on disk once this returns (blocking).
-    pub(crate) fn seal(mut self, footer: &[u8]) -> std::io::Result<()> {
+    /// Writes the gathered partial run and then `footer` through the page cache, fsyncs the
+    /// file, and renames it to `target`: the body and footer are on disk before the name
+    /// points at them (blocking; the caller makes the rename durable).
+    pub(crate) fn publish(mut self, footer: &[u8], target: &Path) -> Result<(), ObjectStoreError> {
+        self.seal(footer).map_err(io_err("write", &self.path))?;
+        std::fs::rename(&self.path, target).map_err(io_err("rename", target))?;
+        self.published = true;
+        Ok(())
+    }
+
+    fn seal(&mut self, footer: &[u8]) -> std::io::Result<()> {
         if let Direct::On(run) = std::mem::replace(&mut self.direct, Direct::Off) {
             self.write_buffered(run.gathered())?;
         }
-        self.file.write_all_at(footer, self.offset)?;
-        self.file.sync_all()
+        let offset = self.offset;
+        let file = self.file()?;
+        file.write_all_at(footer, offset)?;
+        file.sync_all()
     }
 }
 
@@ -178,9 +219,7 @@ mod tests {
 
     /// Writes `body` in `piece`-sized chunks and seals it with a short footer.
     fn write_in_pieces(dir: &std::path::Path, body: &[u8], piece: usize, direct: bool) -> Vec<u8> {
-        let path = dir.join("body");
-        let file = Arc::new(File::create(&path).expect("create"));
-        let mut writer = BodyWriter::new(path.clone(), file);
+        let mut writer = BodyWriter::new(dir.join("body"));
         if !direct {
             writer.direct = Direct::Off;
         }
@@ -188,8 +227,20 @@ mod tests {
             let chunks: Vec<&[u8]> = block.chunks(piece).collect();
             writer.write(&chunks).expect("write");
         }
-        writer.seal(b"FOOTER").expect("seal");
-        std::fs::read(&path).expect("read back")
+        let target = dir.join("object");
+        writer.publish(b"FOOTER", &target).expect("publish");
+        std::fs::read(&target).expect("read back")
+    }
+
+    #[test]
+    fn a_writer_dropped_before_publishing_leaves_no_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        drop(BodyWriter::new(dir.path().join("never-written")));
+        let mut writer = BodyWriter::new(dir.path().join("half-written"));
+        writer.write(&[body(RUN + 5)]).expect("write");
+        assert!(dir.path().join("half-written").exists());
+        drop(writer);
+        assert_eq!(std::fs::read_dir(dir.path()).expect("list").count(), 0);
     }
 
     #[test]

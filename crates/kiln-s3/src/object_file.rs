@@ -177,9 +177,7 @@ mod tests {
     #[tokio::test]
     async fn a_truncated_file_is_reported_damaged_not_served() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut pending = PendingFile::create(dir.path(), Hashing::Md5)
-            .await
-            .expect("create");
+        let mut pending = PendingFile::new(dir.path(), Hashing::Md5);
         pending
             .write(Bytes::from_static(b"0123456789"))
             .await

@@ -35,6 +35,8 @@ pub(crate) enum Hashing {
 }
 
 /// A temporary file being filled with a body; becomes visible only through [`publish`].
+/// Dropping it unpublished (a client that hangs up mid-upload drops the request future, and
+/// with it this) removes the file: the writer owns it.
 ///
 /// [`publish`]: PendingFile::publish
 pub(crate) struct PendingFile {
@@ -50,36 +52,16 @@ pub(crate) struct PendingFile {
     /// The body's MD5, once [`PendingFile::finish`] has run.
     digest: Option<[u8; 16]>,
     size: u64,
-    /// Set once the publishing task owns the file; until then dropping the value removes it
-    /// (a client that hangs up mid-upload drops the request future, and with it this).
-    published: bool,
-}
-
-impl Drop for PendingFile {
-    fn drop(&mut self) {
-        if !self.published {
-            // The stages drop their queues; a write in hand goes to the unlinked file.
-            let _ = std::fs::remove_file(&self.path);
-        }
-    }
 }
 
 impl PendingFile {
-    /// Creates a hidden temporary file in `dir` (the directory it will be renamed within, so
-    /// the rename is atomic and never crosses filesystems).
-    pub(crate) async fn create(
-        dir: &Path,
-        hashing: Hashing,
-    ) -> Result<PendingFile, ObjectStoreError> {
+    /// A body for a hidden temporary file in `dir` (the directory it will be renamed within,
+    /// so the rename is atomic and never crosses filesystems). The writing stage creates the
+    /// file, so the first bytes are hashed while that happens.
+    pub(crate) fn new(dir: &Path, hashing: Hashing) -> PendingFile {
         let path = dir.join(format!(".tmp-{}", crate::random_hex(16)));
-        let file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .await
-            .map_err(io_err("create", &path))?;
-        let writer = BodyWriter::new(path.clone(), Arc::new(file.into_std().await));
-        Ok(PendingFile {
+        let writer = BodyWriter::new(path.clone());
+        PendingFile {
             path,
             block: Vec::new(),
             block_len: 0,
@@ -89,16 +71,17 @@ impl PendingFile {
             written: None,
             digest: None,
             size: 0,
-            published: false,
-        })
+        }
     }
 
     /// Appends body bytes.
     pub(crate) async fn write(&mut self, chunk: Bytes) -> Result<(), ObjectStoreError> {
+        let first = self.size == 0;
         self.size += chunk.len() as u64;
         self.block_len += chunk.len();
         self.block.push(chunk);
-        if self.block_len >= BLOCK {
+        // The first chunk goes at once: the hash, which bounds a PUT, starts with the body.
+        if first || self.block_len >= BLOCK {
             self.hand_off().await?;
         }
         Ok(())
@@ -168,16 +151,11 @@ impl PendingFile {
         self.finish().await?;
         let footer = footer(meta, target)?;
         let written = self.written.take().ok_or_else(finished)?;
-        let path = self.path.clone();
         let target = target.to_path_buf();
-        // From here the task below owns the temporary file: it runs to the end even if the
-        // upload's future is dropped, and removes the file itself if it fails before the rename.
-        self.published = true;
+        // The task owns the file from here: it runs to the end even if the upload's future is
+        // dropped, and the writer removes the file if it fails before the rename.
         tokio::task::spawn_blocking(move || {
-            if let Err(e) = seal_and_rename(written, &footer, &path, &target) {
-                let _ = std::fs::remove_file(&path);
-                return Err(e);
-            }
+            written.publish(&footer, &target)?;
             sync_dir_now(target.parent().unwrap_or(Path::new(".")))
         })
         .await
@@ -204,17 +182,6 @@ fn write_block(writer: &mut BodyWriter, block: &Block) -> std::io::Result<()> {
     writer.write(block)
 }
 
-/// Writes the rest of the body and the footer, fsyncs, and renames the file to `target`.
-fn seal_and_rename(
-    written: BodyWriter,
-    footer: &[u8],
-    path: &Path,
-    target: &Path,
-) -> Result<(), ObjectStoreError> {
-    written.seal(footer).map_err(io_err("write", path))?;
-    std::fs::rename(path, target).map_err(io_err("rename", target))
-}
-
 #[cfg(test)]
 mod tests {
     use std::io::{Read, Seek, SeekFrom};
@@ -225,9 +192,7 @@ mod tests {
     #[tokio::test]
     async fn a_published_file_reads_back_its_meta_and_body() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut pending = PendingFile::create(dir.path(), Hashing::Md5)
-            .await
-            .expect("create");
+        let mut pending = PendingFile::new(dir.path(), Hashing::Md5);
         pending
             .write(Bytes::from_static(b"hello "))
             .await
@@ -265,14 +230,23 @@ mod tests {
     #[tokio::test]
     async fn an_abandoned_write_leaves_no_file() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut pending = PendingFile::create(dir.path(), Hashing::Md5)
-            .await
-            .expect("create");
-        pending
-            .write(Bytes::from_static(b"half an upload"))
-            .await
-            .expect("write");
+        let files = || std::fs::read_dir(dir.path()).expect("list").count();
+        let mut pending = PendingFile::new(dir.path(), Hashing::Md5);
+        for _ in 0..8 {
+            let block = Bytes::from(vec![7u8; BLOCK]);
+            pending.write(block).await.expect("write");
+        }
+        // The writer creates the file on the blocking pool, and removes it the same way.
+        wait_for(|| files() == 1).await;
         drop(pending);
-        assert_eq!(std::fs::read_dir(dir.path()).expect("list").count(), 0);
+        wait_for(|| files() == 0).await;
+    }
+
+    async fn wait_for(done: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "timed out");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
     }
 }

@@ -318,7 +318,7 @@ impl ObjectStore {
         E: std::fmt::Display,
     {
         let dir = self.objects_dir(bucket).await?;
-        let mut pending = PendingFile::create(&dir, Hashing::Md5).await?;
+        let mut pending = PendingFile::new(&dir, Hashing::Md5);
         fill(&mut pending, body).await?;
         publish_object(pending, &dir, key, options).await
     }
@@ -338,7 +338,7 @@ impl ObjectStore {
             Some((file, meta)) if meta.key == source => (file, meta),
             _ => return Err(ObjectStoreError::NoSuchKey(source.to_owned())),
         };
-        let mut pending = PendingFile::create(&dir, Hashing::Md5).await?;
+        let mut pending = PendingFile::new(&dir, Hashing::Md5);
         // The open handle is read, so a source replaced meanwhile is copied whole, old or new.
         copy_body(file, &source_path, source_meta.size, &mut pending).await?;
         let options = replace.unwrap_or(PutOptions {
@@ -480,7 +480,7 @@ impl ObjectStore {
         };
         let json =
             serde_json::to_vec(&info).map_err(|e| ObjectStoreError::Internal(e.to_string()))?;
-        let mut pending = PendingFile::create(&dir, Hashing::Skip).await?;
+        let mut pending = PendingFile::new(&dir, Hashing::Skip);
         pending.write(json.into()).await?;
         let meta = ObjectMeta {
             key: "upload.json".into(),
@@ -539,7 +539,7 @@ impl ObjectStore {
     {
         self.upload_info(bucket, key, upload_id).await?;
         let dir = self.upload_dir(bucket, upload_id)?;
-        let mut pending = PendingFile::create(&dir, Hashing::Md5).await?;
+        let mut pending = PendingFile::new(&dir, Hashing::Md5);
         fill(&mut pending, body).await?;
         let md5 = pending.md5().await?;
         if content_md5.is_some_and(|want| want != md5) {
@@ -627,7 +627,7 @@ impl ObjectStore {
             return Err(ObjectStoreError::InvalidPart(0));
         }
         let dir = self.objects_dir(bucket).await?;
-        let mut pending = PendingFile::create(&dir, Hashing::Skip).await?;
+        let mut pending = PendingFile::new(&dir, Hashing::Skip);
         let mut md5s = Md5::new();
         for (number, etag) in &chosen {
             let (file, part) = open_part(&upload_dir, *number, etag, Purpose::Body).await?;

@@ -177,13 +177,20 @@ impl BodyWriter {
     }
 
     /// Writes the gathered partial run and then `footer` through the page cache, fsyncs the
-    /// file, and renames it to `target`: the body and footer are on disk before the name
-    /// points at them (blocking; the caller makes the rename durable).
-    pub(crate) fn publish(mut self, footer: &[u8], target: &Path) -> Result<(), ObjectStoreError> {
+    /// file, and puts it under the name `target`: the body and footer are on disk before the
+    /// name points at them (blocking; the caller makes the rename durable). A file that had
+    /// the name is swapped out, not lost: it is answered, under the temporary name, for the
+    /// caller to dispose of. Knowing exactly what was replaced matters for a multipart object,
+    /// whose parts live in a directory of their own.
+    pub(crate) fn publish(
+        mut self,
+        footer: &[u8],
+        target: &Path,
+    ) -> Result<Option<PathBuf>, ObjectStoreError> {
         self.seal(footer).map_err(io_err("write", &self.path))?;
-        std::fs::rename(&self.path, target).map_err(io_err("rename", target))?;
+        let replaced = swap_into_place(&self.path, target).map_err(io_err("rename", target))?;
         self.published = true;
-        Ok(())
+        Ok(replaced.then(|| self.path.clone()))
     }
 
     fn seal(&mut self, footer: &[u8]) -> std::io::Result<()> {
@@ -194,6 +201,28 @@ impl BodyWriter {
         let file = self.file()?;
         file.write_all_at(footer, offset)?;
         file.sync_all()
+    }
+}
+
+/// Renames `from` to `to`, exchanging the two when `to` exists; answers whether it did.
+/// Filesystems without `renameat2` flags get a plain rename (what it replaces is then
+/// unlinked with it, and a multipart object's parts are left for the next start's sweep).
+fn swap_into_place(from: &Path, to: &Path) -> std::io::Result<bool> {
+    use nix::errno::Errno;
+    use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
+    loop {
+        match renameat2(AT_FDCWD, from, AT_FDCWD, to, RenameFlags::RENAME_EXCHANGE) {
+            Ok(()) => return Ok(true),
+            Err(Errno::ENOENT) => {}
+            Err(Errno::EINVAL) => return std::fs::rename(from, to).map(|()| false),
+            Err(e) => return Err(e.into()),
+        }
+        // Nothing to exchange with; refusing to replace keeps a file published meanwhile.
+        match renameat2(AT_FDCWD, from, AT_FDCWD, to, RenameFlags::RENAME_NOREPLACE) {
+            Ok(()) => return Ok(false),
+            Err(Errno::EEXIST) => continue,
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 
@@ -228,7 +257,9 @@ mod tests {
             writer.write(&chunks).expect("write");
         }
         let target = dir.join("object");
-        writer.publish(b"FOOTER", &target).expect("publish");
+        if let Some(old) = writer.publish(b"FOOTER", &target).expect("publish") {
+            std::fs::remove_file(old).expect("remove the replaced file");
+        }
         std::fs::read(&target).expect("read back")
     }
 
@@ -241,6 +272,24 @@ mod tests {
         assert!(dir.path().join("half-written").exists());
         drop(writer);
         assert_eq!(std::fs::read_dir(dir.path()).expect("list").count(), 0);
+    }
+
+    #[test]
+    fn publishing_over_a_file_answers_the_file_it_replaced() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let target = dir.path().join("object");
+        let mut first = BodyWriter::new(dir.path().join(".tmp-1"));
+        first.write(&[b"first"]).expect("write");
+        assert_eq!(first.publish(b"", &target).expect("publish"), None);
+        let mut second = BodyWriter::new(dir.path().join(".tmp-2"));
+        second.write(&[b"second"]).expect("write");
+        let replaced = second.publish(b"", &target).expect("publish");
+        assert_eq!(replaced, Some(dir.path().join(".tmp-2")));
+        assert_eq!(std::fs::read(&target).expect("read"), b"second");
+        assert_eq!(
+            std::fs::read(dir.path().join(".tmp-2")).expect("read"),
+            b"first"
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub use error::ObjectStoreError;
 pub use host::VirtualHosts;
 pub use keys::{BucketKey, KeyRing};
 pub use names::validate_bucket_name;
-pub use object_file::ObjectMeta;
+pub use object_file::{ObjectMeta, Segments};
 pub use presign::{MAX_EXPIRY, MIN_EXPIRY, PresignError, PresignMethod, presign};
 pub use server::S3Endpoint;
 pub use store::{

@@ -4,6 +4,11 @@
 //!
 //! The metadata goes last because the ETag (the body's MD5) is only known once the body has
 //! streamed through; a header would need a second pass or a seek-and-patch.
+//!
+//! A completed multipart object is the exception: its body stays in the part files of its
+//! upload, whose directory moves beside the object files as `.parts-<upload id>`, and its
+//! file holds only the trailer, which lists them ([`Segments`]). Completing an upload thus
+//! costs a rename whatever its size, instead of a second copy of every byte.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom};
@@ -40,6 +45,40 @@ pub struct ObjectMeta {
     /// Number of parts for a multipart object.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parts: Option<u32>,
+    /// Where the body is when it is not in the object's own file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segments: Option<Segments>,
+}
+
+/// The body of a completed multipart object: its upload's parts, in order, left where they
+/// were written.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Segments {
+    /// The upload's id, which names the directory holding the parts.
+    pub upload: String,
+    /// Part numbers with their body sizes, in body order.
+    pub parts: Vec<(i32, u64)>,
+}
+
+impl ObjectMeta {
+    /// Body bytes in the object's own file.
+    fn stored_len(&self) -> u64 {
+        if self.segments.is_some() {
+            0
+        } else {
+            self.size
+        }
+    }
+}
+
+/// The directory, beside the object files, holding the parts of completed upload `upload`.
+pub(crate) fn segments_dir_name(upload: &str) -> String {
+    format!(".parts-{upload}")
+}
+
+/// The file name of part `number` within an upload's directory.
+pub(crate) fn part_file_name(number: i32) -> String {
+    format!("part-{number:05}")
 }
 
 /// The bytes that follow an object's body: its metadata as JSON, the JSON's length and the
@@ -91,8 +130,13 @@ pub(crate) fn read_meta(
         .map_err(io_err("read", path))?;
     let meta: ObjectMeta =
         serde_json::from_slice(&trailer).map_err(|e| corrupt(&format!("trailer: {e}")))?;
-    if meta.size + u64::from(len) + FOOTER_LEN != total {
+    if meta.stored_len() + u64::from(len) + FOOTER_LEN != total {
         return Err(corrupt("body length does not match the trailer"));
+    }
+    if let Some(segments) = &meta.segments
+        && segments.parts.iter().map(|(_, size)| size).sum::<u64>() != meta.size
+    {
+        return Err(corrupt("part sizes do not add up to the object's size"));
     }
     Ok(meta)
 }
@@ -139,6 +183,35 @@ pub(crate) async fn open(
     .map_err(|e| ObjectStoreError::Internal(format!("open task failed: {e}")))?
 }
 
+/// Disposes of an object file that a publish or a delete has just unnamed (renamed to a
+/// temporary name), with the parts directory its body lives in, if any (blocking). The
+/// parts are renamed `.retired-<id>-<unix secs>` rather than removed: a GET streaming them
+/// holds the directory open and reads on; the store's sweep removes them later. The parts
+/// go first, so a crash in between leaves a temporary file that the next start sweeps, never
+/// a file naming parts that are gone.
+pub(crate) fn retire(unnamed: &Path) -> Result<(), ObjectStoreError> {
+    let segments = std::fs::File::open(unnamed)
+        .map_err(io_err("open", unnamed))
+        .and_then(|mut file| read_meta(&mut file, unnamed))
+        .ok()
+        .and_then(|meta| meta.segments);
+    if let Some(segments) = segments {
+        let dir = unnamed.parent().unwrap_or(Path::new("."));
+        let parts = dir.join(segments_dir_name(&segments.upload));
+        let retired = dir.join(format!(
+            ".retired-{}-{}",
+            segments.upload,
+            chrono::Utc::now().timestamp()
+        ));
+        match std::fs::rename(&parts, &retired) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("rename", &parts)(e)),
+        }
+    }
+    std::fs::remove_file(unnamed).map_err(io_err("remove", unnamed))
+}
+
 /// Fsyncs a directory, making renames and removals in it durable.
 pub(crate) async fn sync_dir(dir: &Path) -> Result<(), ObjectStoreError> {
     let dir = dir.to_path_buf();
@@ -165,6 +238,7 @@ pub(crate) fn test_meta(size: u64) -> ObjectMeta {
         metadata: BTreeMap::from([("a".into(), "b".into())]),
         last_modified_ms: 1,
         parts: None,
+        segments: None,
     }
 }
 

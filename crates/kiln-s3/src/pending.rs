@@ -14,7 +14,7 @@ use bytes::Bytes;
 use crate::body_writer::BodyWriter;
 use crate::error::{ObjectStoreError, io_err};
 use crate::md5::Md5;
-use crate::object_file::{ObjectMeta, footer, sync_dir_now};
+use crate::object_file::{ObjectMeta, footer, retire, sync_dir_now};
 use crate::stage::Stage;
 
 /// Chunks are handed to the stages in blocks at least this large: small enough that the
@@ -142,7 +142,8 @@ impl PendingFile {
     }
 
     /// Appends the trailer, fsyncs, then renames the file to `target` and fsyncs the
-    /// directory so the rename itself survives a crash.
+    /// directory so the rename itself survives a crash. What `target` named before is then
+    /// disposed of, with the parts directory of a multipart object.
     pub(crate) async fn publish(
         mut self,
         meta: &ObjectMeta,
@@ -155,8 +156,15 @@ impl PendingFile {
         // The task owns the file from here: it runs to the end even if the upload's future is
         // dropped, and the writer removes the file if it fails before the rename.
         tokio::task::spawn_blocking(move || {
-            written.publish(&footer, &target)?;
-            sync_dir_now(target.parent().unwrap_or(Path::new(".")))
+            let replaced = written.publish(&footer, &target)?;
+            sync_dir_now(target.parent().unwrap_or(Path::new(".")))?;
+            if let Some(replaced) = replaced
+                && let Err(e) = retire(&replaced)
+            {
+                // Nothing is lost: the next start sweeps temporary files and orphaned parts.
+                tracing::warn!(error = %e, "could not dispose of a replaced object file");
+            }
+            Ok(())
         })
         .await
         .map_err(|e| ObjectStoreError::Internal(format!("publish task failed: {e}")))?

@@ -3,6 +3,11 @@
 //! Every write goes to a hidden temporary file in the directory it is published in, is
 //! fsynced and renamed into place; temporary files left by a crash are never listed or served
 //! and are swept when the store opens.
+//!
+//! Completing an upload moves its directory beside the object files as `.parts-<id>`, where
+//! the object's body stays. When the object is replaced or deleted that directory is renamed
+//! `.retired-<id>-<unix secs>`: a GET still streaming it holds the directory open and reads
+//! on, and the hourly sweep removes it later.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom};
@@ -17,7 +22,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ObjectStoreError, io_err};
 use crate::names::{file_name_to_key, is_hashed_name, key_to_file_name, validate_bucket_name};
-use crate::object_file::{self, ObjectMeta, Purpose, sync_dir};
+use crate::object_file::{
+    self, ObjectMeta, Purpose, Segments, part_file_name, retire, segments_dir_name, sync_dir,
+};
 use crate::pending::{Hashing, PendingFile};
 
 /// S3's minimum size of every part but the last.
@@ -98,7 +105,22 @@ pub struct PartInfo {
 pub struct OpenObject {
     /// Its metadata.
     pub meta: ObjectMeta,
-    file: std::fs::File,
+    body: Body,
+}
+
+/// Where an open object's bytes are.
+enum Body {
+    /// In the object's own file.
+    Whole(std::fs::File),
+    /// In the part files of a multipart object's directory, held open so that a replace or
+    /// delete meanwhile does not take them away; parts are opened as the stream reaches them
+    /// (an object may have 10,000).
+    Parts {
+        dir: Arc<std::fs::File>,
+        parts: Vec<(i32, u64)>,
+    },
+    /// Not opened (HEAD, listings).
+    Unread,
 }
 
 /// Bytes read per step when streaming an object out.
@@ -112,27 +134,98 @@ impl OpenObject {
         range: Option<Range<u64>>,
     ) -> Result<impl Stream<Item = std::io::Result<Bytes>> + Send + 'static, ObjectStoreError> {
         let range = range.unwrap_or(0..self.meta.size);
-        let file = Arc::new(self.file);
-        let first = read_block(&file, range.start, range.end, ReadAhead::WholeRange);
-        let state = (file, range.start, range.end, first);
-        Ok(futures::stream::unfold(
-            state,
-            |(file, offset, end, in_flight)| async move {
-                let (len, handle) = in_flight?;
-                let block = match handle.await {
-                    Ok(result) => result,
-                    Err(e) => Err(std::io::Error::other(e)),
-                };
-                let next = offset + len;
-                let following = if block.is_ok() {
-                    read_block(&file, next, end, ReadAhead::Kernel)
-                } else {
-                    None
-                };
-                Some((block, (file, next, end, following)))
-            },
-        ))
+        let pieces = match self.body {
+            Body::Whole(file) => vec![(Piece::Open(file), 0, self.meta.size)],
+            Body::Parts { dir, parts } => {
+                let mut pieces = Vec::new();
+                let mut start = 0;
+                for (number, size) in parts {
+                    let end = start + size;
+                    pieces.push((Piece::Part(Arc::clone(&dir), number), start, end));
+                    start = end;
+                }
+                pieces
+            }
+            Body::Unread => {
+                return Err(ObjectStoreError::Internal(
+                    "the object was opened without its body".into(),
+                ));
+            }
+        };
+        let stretches = pieces.into_iter().filter_map(move |(piece, start, end)| {
+            let (from, to) = (range.start.max(start), range.end.min(end));
+            (from < to).then(|| (piece, from - start, to - start))
+        });
+        Ok(futures::stream::iter(stretches)
+            .flat_map(|(piece, from, to)| stream_piece(piece, from, to)))
     }
+}
+
+/// A file holding a stretch of a body.
+enum Piece {
+    Open(std::fs::File),
+    /// Part `number` of a multipart object, in the directory given.
+    Part(Arc<std::fs::File>, i32),
+}
+
+/// Opens part `number` in a multipart object's directory (blocking).
+fn open_part_at(dir: &std::fs::File, number: i32) -> std::io::Result<std::fs::File> {
+    let fd = nix::fcntl::openat(
+        dir,
+        part_file_name(number).as_str(),
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    Ok(std::fs::File::from(fd))
+}
+
+/// Streams bytes `start..end` of a piece; a part is opened (on the blocking pool) only once
+/// the stream reaches it.
+fn stream_piece(
+    piece: Piece,
+    start: u64,
+    end: u64,
+) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+    let opened = async move {
+        match piece {
+            Piece::Open(file) => Ok(file),
+            Piece::Part(dir, number) => {
+                tokio::task::spawn_blocking(move || open_part_at(&dir, number))
+                    .await
+                    .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+            }
+        }
+    };
+    futures::stream::once(opened).flat_map(move |opened| match opened {
+        Ok(file) => futures::future::Either::Left(read_range(Arc::new(file), start, end)),
+        Err(e) => futures::future::Either::Right(futures::stream::iter([Err(e)])),
+    })
+}
+
+/// Streams bytes `start..end` of a file, one block read ahead of the socket.
+fn read_range(
+    file: Arc<std::fs::File>,
+    start: u64,
+    end: u64,
+) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+    let first = read_block(&file, start, end, ReadAhead::WholeRange);
+    futures::stream::unfold(
+        (file, start, end, first),
+        |(file, offset, end, in_flight)| async move {
+            let (len, handle) = in_flight?;
+            let block = match handle.await {
+                Ok(result) => result,
+                Err(e) => Err(std::io::Error::other(e)),
+            };
+            let next = offset + len;
+            let following = if block.is_ok() {
+                read_block(&file, next, end, ReadAhead::Kernel)
+            } else {
+                None
+            };
+            Some((block, (file, next, end, following)))
+        },
+    )
 }
 
 type BlockRead = (u64, tokio::task::JoinHandle<std::io::Result<Bytes>>);
@@ -210,6 +303,8 @@ impl ObjectStore {
         for bucket in self.bucket_names().await? {
             let dir = self.bucket_dir(&bucket);
             remove_temp_files(&dir.join("objects")).await?;
+            self.remove_unused_parts(&bucket).await?;
+            remove_retired_parts(&dir.join("objects"), std::time::Duration::ZERO).await?;
             let uploads = dir.join("uploads");
             let mut entries = tokio::fs::read_dir(&uploads)
                 .await
@@ -334,13 +429,16 @@ impl ObjectStore {
     ) -> Result<ObjectMeta, ObjectStoreError> {
         let dir = self.objects_dir(bucket).await?;
         let source_path = dir.join(key_to_file_name(source));
-        let (file, source_meta) = match object_file::open(&source_path, Purpose::Body).await? {
-            Some((file, meta)) if meta.key == source => (file, meta),
-            _ => return Err(ObjectStoreError::NoSuchKey(source.to_owned())),
-        };
+        let opened = self.open_object(bucket, source, Purpose::Body).await?;
+        let source_meta = opened.meta.clone();
         let mut pending = PendingFile::new(&dir, Hashing::Md5);
-        // The open handle is read, so a source replaced meanwhile is copied whole, old or new.
-        copy_body(file, &source_path, source_meta.size, &mut pending).await?;
+        // The open handles are read, so a source replaced meanwhile is copied whole, old or new.
+        let mut body = std::pin::pin!(opened.into_stream(None)?);
+        while let Some(chunk) = body.next().await {
+            pending
+                .write(chunk.map_err(io_err("read", &source_path))?)
+                .await?;
+        }
         let options = replace.unwrap_or(PutOptions {
             content_type: source_meta.content_type,
             metadata: source_meta.metadata,
@@ -374,21 +472,52 @@ impl ObjectStore {
         purpose: Purpose,
     ) -> Result<OpenObject, ObjectStoreError> {
         let dir = self.objects_dir(bucket).await?;
-        match object_file::open(&dir.join(key_to_file_name(key)), purpose).await? {
-            Some((file, meta)) if meta.key == key => Ok(OpenObject { meta, file }),
-            _ => Err(ObjectStoreError::NoSuchKey(key.to_owned())),
+        let path = dir.join(key_to_file_name(key));
+        // A multipart object replaced between reading its file and opening its parts has had
+        // its parts retired; reading the file again finds what replaced it.
+        for _ in 0..3 {
+            let (file, meta) = match object_file::open(&path, purpose).await? {
+                Some((file, meta)) if meta.key == key => (file, meta),
+                _ => return Err(ObjectStoreError::NoSuchKey(key.to_owned())),
+            };
+            let body = match (&meta.segments, purpose) {
+                (_, Purpose::Meta) => Body::Unread,
+                (None, Purpose::Body) => Body::Whole(file),
+                (Some(segments), Purpose::Body) => {
+                    let parts_dir = dir.join(segments_dir_name(&segments.upload));
+                    match tokio::fs::File::open(&parts_dir).await {
+                        Ok(opened) => Body::Parts {
+                            dir: Arc::new(opened.into_std().await),
+                            parts: segments.parts.clone(),
+                        },
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(io_err("open", &parts_dir)(e)),
+                    }
+                }
+            };
+            return Ok(OpenObject { meta, body });
         }
+        Err(ObjectStoreError::Corrupt {
+            path,
+            reason: "its parts directory is missing".into(),
+        })
     }
 
     /// Deletes an object; deleting a missing key succeeds, as in S3.
     pub async fn delete_object(&self, bucket: &str, key: &str) -> Result<(), ObjectStoreError> {
         let dir = self.objects_dir(bucket).await?;
         let path = dir.join(key_to_file_name(key));
-        match tokio::fs::remove_file(&path).await {
-            Ok(()) => sync_dir(&dir).await,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err("remove", &path)(e)),
+        // Unnamed first, so exactly the object deleted is disposed of, with its parts.
+        let unnamed = dir.join(format!(".tmp-{}", crate::random_hex(16)));
+        match tokio::fs::rename(&path, &unnamed).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err("remove", &path)(e)),
         }
+        sync_dir(&dir).await?;
+        tokio::task::spawn_blocking(move || retire(&unnamed))
+            .await
+            .map_err(|e| ObjectStoreError::Internal(format!("delete task failed: {e}")))?
     }
 
     /// One page of the bucket's keys in order, rolled up by the delimiter.
@@ -490,6 +619,7 @@ impl ObjectStore {
             metadata: BTreeMap::new(),
             last_modified_ms: info.initiated_ms,
             parts: None,
+            segments: None,
         };
         pending.publish(&meta, &dir.join("upload")).await?;
         Ok(id)
@@ -504,23 +634,10 @@ impl ObjectStore {
     ) -> Result<UploadInfo, ObjectStoreError> {
         self.objects_dir(bucket).await?;
         let dir = self.upload_dir(bucket, upload_id)?;
-        let Some((mut file, meta)) = object_file::open(&dir.join("upload"), Purpose::Body).await?
-        else {
-            return Err(ObjectStoreError::NoSuchUpload(upload_id.to_owned()));
-        };
-        let mut json = vec![0; meta.size as usize];
-        file.seek(SeekFrom::Start(0))
-            .and_then(|_| file.read_exact(&mut json))
-            .map_err(io_err("read", &dir))?;
-        let info: UploadInfo =
-            serde_json::from_slice(&json).map_err(|e| ObjectStoreError::Corrupt {
-                path: dir.clone(),
-                reason: e.to_string(),
-            })?;
-        if info.key != key {
-            return Err(ObjectStoreError::NoSuchUpload(upload_id.to_owned()));
+        match read_upload_info(&dir).await? {
+            Some(info) if info.key == key => Ok(info),
+            _ => Err(ObjectStoreError::NoSuchUpload(upload_id.to_owned())),
         }
-        Ok(info)
     }
 
     /// Stores one part (atomically; a re-upload of the same number replaces it).
@@ -553,8 +670,11 @@ impl ObjectStore {
             metadata: BTreeMap::new(),
             last_modified_ms: now_ms(),
             parts: None,
+            segments: None,
         };
-        pending.publish(&meta, &dir.join(part_file(number))).await?;
+        pending
+            .publish(&meta, &dir.join(part_file_name(number)))
+            .await?;
         Ok(PartInfo {
             number,
             size: meta.size,
@@ -599,8 +719,9 @@ impl ObjectStore {
     }
 
     /// Joins the named parts into the object (S3's rules: ascending numbers, matching ETags,
-    /// every part but the last at least 5 MiB) and removes the upload. The object is
-    /// published by one rename, like a single PUT.
+    /// every part but the last at least 5 MiB) and ends the upload. The parts are not copied:
+    /// the upload's directory moves beside the object files and the object, published by one
+    /// rename like a single PUT, lists them.
     pub async fn complete_upload(
         &self,
         bucket: &str,
@@ -610,49 +731,55 @@ impl ObjectStore {
     ) -> Result<ObjectMeta, ObjectStoreError> {
         let info = self.upload_info(bucket, key, upload_id).await?;
         let upload_dir = self.upload_dir(bucket, upload_id)?;
-        // Check every part before writing anything; each is opened again to be copied and
-        // checked again then, so a part the client replaces meanwhile is refused, not mixed in.
-        let mut chosen = Vec::with_capacity(wanted.len());
-        for (i, (number, etag)) in wanted.iter().enumerate() {
-            if i > 0 && wanted[i - 1].0 >= *number {
-                return Err(ObjectStoreError::InvalidPartOrder);
-            }
-            let (_, part) = open_part(&upload_dir, *number, etag, Purpose::Meta).await?;
-            if i + 1 < wanted.len() && part.size < MIN_PART_SIZE {
-                return Err(ObjectStoreError::EntityTooSmall(*number));
-            }
-            chosen.push((*number, part.etag));
-        }
-        if chosen.is_empty() {
-            return Err(ObjectStoreError::InvalidPart(0));
-        }
         let dir = self.objects_dir(bucket).await?;
-        let mut pending = PendingFile::new(&dir, Hashing::Skip);
-        let mut md5s = Md5::new();
-        for (number, etag) in &chosen {
-            let (file, part) = open_part(&upload_dir, *number, etag, Purpose::Body).await?;
-            let path = upload_dir.join(part_file(*number));
-            copy_body(file, &path, part.size, &mut pending).await?;
-            let raw = hex::decode(etag).map_err(|e| ObjectStoreError::Corrupt {
-                path,
-                reason: format!("part ETag: {e}"),
-            })?;
-            md5s.update(&raw);
+        let parts_dir = dir.join(segments_dir_name(upload_id));
+        // Moving the directory first takes the upload from under concurrent part uploads and
+        // completions (theirs fail): the parts checked below cannot change any more.
+        match tokio::fs::rename(&upload_dir, &parts_dir).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ObjectStoreError::NoSuchUpload(upload_id.to_owned()));
+            }
+            Err(e) => return Err(io_err("rename", &upload_dir)(e)),
         }
-        let meta = ObjectMeta {
-            key: key.to_owned(),
-            size: pending.size(),
-            etag: format!("{}-{}", hex::encode(md5s.finalize()), chosen.len()),
-            content_type: info.options.content_type,
-            metadata: info.options.metadata,
-            last_modified_ms: now_ms(),
-            parts: u32::try_from(chosen.len()).ok(),
+        let published = async {
+            let chosen = chosen_parts(&parts_dir, wanted).await?;
+            remove_other_files(&parts_dir, &chosen).await?;
+            // The directory's new name must be durable before an object names it.
+            sync_dir(&dir).await?;
+            let mut md5s = Md5::new();
+            for (_, etag, _) in &chosen {
+                let raw = hex::decode(etag).map_err(|e| ObjectStoreError::Corrupt {
+                    path: parts_dir.clone(),
+                    reason: format!("part ETag: {e}"),
+                })?;
+                md5s.update(&raw);
+            }
+            let meta = ObjectMeta {
+                key: key.to_owned(),
+                size: chosen.iter().map(|(_, _, size)| size).sum(),
+                etag: format!("{}-{}", hex::encode(md5s.finalize()), chosen.len()),
+                content_type: info.options.content_type,
+                metadata: info.options.metadata,
+                last_modified_ms: now_ms(),
+                parts: u32::try_from(chosen.len()).ok(),
+                segments: Some(Segments {
+                    upload: upload_id.to_owned(),
+                    parts: chosen.iter().map(|(n, _, size)| (*n, *size)).collect(),
+                }),
+            };
+            PendingFile::new(&dir, Hashing::Skip)
+                .publish(&meta, &dir.join(key_to_file_name(key)))
+                .await?;
+            Ok(meta)
         };
-        pending
-            .publish(&meta, &dir.join(key_to_file_name(key)))
-            .await?;
-        let _ = tokio::fs::remove_dir_all(&upload_dir).await;
-        Ok(meta)
+        let result = published.await;
+        if result.is_err() {
+            // Refused parts or a failed publish: the upload goes back, for the client to
+            // complete it again (what was removed were parts it did not name).
+            let _ = tokio::fs::rename(&parts_dir, &upload_dir).await;
+        }
+        result
     }
 
     /// Drops an upload and its parts.
@@ -704,10 +831,150 @@ impl ObjectStore {
         }
         Ok(aborted)
     }
+
+    /// Removes the parts of multipart objects replaced or deleted at least `grace` ago (a GET
+    /// that started before then may still be reading them).
+    pub async fn remove_retired_parts(
+        &self,
+        grace: std::time::Duration,
+    ) -> Result<(), ObjectStoreError> {
+        for bucket in self.bucket_names().await? {
+            remove_retired_parts(&self.bucket_dir(&bucket).join("objects"), grace).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes the parts directories of a bucket that no object names: left by a crash
+    /// between completing an upload and publishing its object, or between replacing a
+    /// multipart object and retiring its parts.
+    async fn remove_unused_parts(&self, bucket: &str) -> Result<(), ObjectStoreError> {
+        let dir = self.bucket_dir(bucket).join("objects");
+        for (name, path) in hidden_entries(&dir).await? {
+            let Some(upload) = name.strip_prefix(".parts-") else {
+                continue;
+            };
+            let Some(info) = read_upload_info(&path).await? else {
+                continue; // not an upload's directory: left alone
+            };
+            let named = match self.open_object(bucket, &info.key, Purpose::Meta).await {
+                Ok(object) => object
+                    .meta
+                    .segments
+                    .is_some_and(|segments| segments.upload == upload),
+                Err(ObjectStoreError::NoSuchKey(_)) => false,
+                Err(e) => return Err(e),
+            };
+            if !named {
+                tokio::fs::remove_dir_all(&path)
+                    .await
+                    .map_err(io_err("remove", &path))?;
+            }
+        }
+        Ok(())
+    }
 }
 
-fn part_file(number: i32) -> String {
-    format!("part-{number:05}")
+/// The parts an upload's completion names, checked against S3's rules, as (number, ETag,
+/// size).
+async fn chosen_parts(
+    upload_dir: &Path,
+    wanted: &[(i32, String)],
+) -> Result<Vec<(i32, String, u64)>, ObjectStoreError> {
+    let mut chosen = Vec::with_capacity(wanted.len());
+    for (i, (number, etag)) in wanted.iter().enumerate() {
+        if i > 0 && wanted[i - 1].0 >= *number {
+            return Err(ObjectStoreError::InvalidPartOrder);
+        }
+        let (_, part) = open_part(upload_dir, *number, etag, Purpose::Meta).await?;
+        if i + 1 < wanted.len() && part.size < MIN_PART_SIZE {
+            return Err(ObjectStoreError::EntityTooSmall(*number));
+        }
+        chosen.push((*number, part.etag, part.size));
+    }
+    if chosen.is_empty() {
+        return Err(ObjectStoreError::InvalidPart(0));
+    }
+    Ok(chosen)
+}
+
+/// Removes the parts a completion did not name (and temporary files of part uploads cut
+/// off by it) from a completed upload's directory; its record stays, naming the key.
+async fn remove_other_files(
+    dir: &Path,
+    chosen: &[(i32, String, u64)],
+) -> Result<(), ObjectStoreError> {
+    let keep: Vec<String> = chosen.iter().map(|(n, _, _)| part_file_name(*n)).collect();
+    let mut entries = tokio::fs::read_dir(dir)
+        .await
+        .map_err(io_err("list", dir))?;
+    while let Some(entry) = entries.next_entry().await.map_err(io_err("list", dir))? {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name != "upload" && !keep.iter().any(|k| *k == name) {
+            let path = entry.path();
+            tokio::fs::remove_file(&path)
+                .await
+                .map_err(io_err("remove", &path))?;
+        }
+    }
+    Ok(())
+}
+
+/// An upload's record from its directory; `None` when there is none.
+async fn read_upload_info(dir: &Path) -> Result<Option<UploadInfo>, ObjectStoreError> {
+    let Some((mut file, meta)) = object_file::open(&dir.join("upload"), Purpose::Body).await?
+    else {
+        return Ok(None);
+    };
+    let mut json = vec![0; meta.size as usize];
+    file.seek(SeekFrom::Start(0))
+        .and_then(|_| file.read_exact(&mut json))
+        .map_err(io_err("read", dir))?;
+    serde_json::from_slice(&json)
+        .map(Some)
+        .map_err(|e| ObjectStoreError::Corrupt {
+            path: dir.to_path_buf(),
+            reason: e.to_string(),
+        })
+}
+
+/// The names beginning with `.` in a directory, with their paths.
+async fn hidden_entries(dir: &Path) -> Result<Vec<(String, PathBuf)>, ObjectStoreError> {
+    let mut hidden = Vec::new();
+    let mut entries = match tokio::fs::read_dir(dir).await {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(hidden),
+        Err(e) => return Err(io_err("list", dir)(e)),
+    };
+    while let Some(entry) = entries.next_entry().await.map_err(io_err("list", dir))? {
+        if let Some(name) = entry.file_name().to_str()
+            && name.starts_with('.')
+        {
+            hidden.push((name.to_owned(), entry.path()));
+        }
+    }
+    Ok(hidden)
+}
+
+/// Removes the `.retired-<id>-<unix secs>` directories of an objects directory retired at
+/// least `grace` ago.
+async fn remove_retired_parts(
+    dir: &Path,
+    grace: std::time::Duration,
+) -> Result<(), ObjectStoreError> {
+    let now = chrono::Utc::now().timestamp();
+    for (name, path) in hidden_entries(dir).await? {
+        let retired_at = name
+            .strip_prefix(".retired-")
+            .and_then(|rest| rest.rsplit_once('-'))
+            .and_then(|(_, secs)| secs.parse::<i64>().ok());
+        if retired_at.is_some_and(|at| now - at >= grace.as_secs() as i64) {
+            tokio::fs::remove_dir_all(&path)
+                .await
+                .map_err(io_err("remove", &path))?;
+        }
+    }
+    Ok(())
 }
 
 /// Streams a body into a pending file.
@@ -743,6 +1010,7 @@ async fn publish_object(
         metadata: options.metadata,
         last_modified_ms: now_ms(),
         parts: None,
+        segments: None,
     };
     pending
         .publish(&meta, &dir.join(key_to_file_name(key)))
@@ -757,34 +1025,10 @@ async fn open_part(
     etag: &str,
     purpose: Purpose,
 ) -> Result<(std::fs::File, ObjectMeta), ObjectStoreError> {
-    match object_file::open(&upload_dir.join(part_file(number)), purpose).await? {
+    match object_file::open(&upload_dir.join(part_file_name(number)), purpose).await? {
         Some((file, part)) if part.etag == etag.trim_matches('"') => Ok((file, part)),
         _ => Err(ObjectStoreError::InvalidPart(number)),
     }
-}
-
-/// Appends the first `size` bytes of an open object or part file (`path` names it in errors)
-/// to the pending object.
-async fn copy_body(
-    file: std::fs::File,
-    path: &Path,
-    size: u64,
-    pending: &mut PendingFile,
-) -> Result<(), ObjectStoreError> {
-    let mut file = file;
-    // Reading the metadata moved the offset; lseek itself never waits on the disk.
-    file.seek(SeekFrom::Start(0))
-        .map_err(io_err("seek", path))?;
-    let file = tokio::fs::File::from_std(file);
-    let mut body = tokio_util::io::ReaderStream::with_capacity(
-        tokio::io::AsyncReadExt::take(file, size),
-        1 << 20,
-    );
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(io_err("read", path))?;
-        pending.write(chunk).await?;
-    }
-    Ok(())
 }
 
 /// All keys in an objects directory, sorted.
@@ -842,6 +1086,240 @@ mod tests {
 
     fn body(bytes: &'static [u8]) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Unpin {
         futures::stream::iter([Ok(Bytes::from_static(bytes))])
+    }
+
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len).map(|i| (i % 251) as u8 ^ seed).collect()
+    }
+
+    fn owned(bytes: Vec<u8>) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Unpin {
+        futures::stream::iter([Ok(Bytes::from(bytes))])
+    }
+
+    async fn read_all(object: OpenObject, range: Option<Range<u64>>) -> Vec<u8> {
+        let mut stream = std::pin::pin!(object.into_stream(range).expect("stream"));
+        let mut got = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            got.extend_from_slice(&chunk.expect("chunk"));
+        }
+        got
+    }
+
+    /// Uploads `parts` as a multipart upload of `key` and completes it; answers the upload id.
+    async fn multipart(store: &ObjectStore, key: &str, parts: &[Vec<u8>]) -> String {
+        let id = store
+            .create_upload("mpu", key, PutOptions::default())
+            .await
+            .expect("create upload");
+        let mut wanted = Vec::new();
+        for (i, part) in parts.iter().enumerate() {
+            let number = i as i32 + 1;
+            let info = store
+                .upload_part("mpu", key, &id, number, owned(part.clone()), None)
+                .await
+                .expect("part");
+            wanted.push((number, info.etag));
+        }
+        store
+            .complete_upload("mpu", key, &id, &wanted)
+            .await
+            .expect("complete");
+        id
+    }
+
+    /// Hidden names in the bucket's objects directory, sorted.
+    fn hidden(root: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(root.join("buckets/mpu/objects"))
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[tokio::test]
+    async fn a_completed_upload_is_not_copied_and_reads_back_whole_and_in_ranges() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let store = ObjectStore::open(root.path()).await.expect("open");
+        store.create_bucket("mpu").await.expect("bucket");
+        let parts = [
+            pattern(MIN_PART_SIZE as usize, 1),
+            pattern(MIN_PART_SIZE as usize + 3, 2),
+            pattern(1000, 3),
+        ];
+        let whole = parts.concat();
+        let id = multipart(&store, "big", &parts).await;
+
+        let object_file = root.path().join("buckets/mpu/objects/big");
+        let stored = std::fs::metadata(&object_file).expect("object file").len();
+        assert!(
+            stored < 4096,
+            "the object file holds {stored} bytes: a copy"
+        );
+        assert_eq!(hidden(root.path()), vec![format!(".parts-{id}")]);
+
+        let object = store.get_object("mpu", "big").await.expect("get");
+        assert_eq!(object.meta.size, whole.len() as u64);
+        assert!(read_all(object, None).await == whole, "whole body");
+        let boundary = MIN_PART_SIZE;
+        for range in [
+            0..10,
+            boundary - 5..boundary + 5,
+            boundary - 1..whole.len() as u64,
+            2 * boundary + 3..2 * boundary + 700,
+        ] {
+            let object = store.get_object("mpu", "big").await.expect("get");
+            let want = &whole[range.start as usize..range.end as usize];
+            assert!(
+                read_all(object, Some(range.clone())).await == want,
+                "{range:?}"
+            );
+        }
+
+        store
+            .copy_object("mpu", "big", "copy", None)
+            .await
+            .expect("copy");
+        let copy = store.get_object("mpu", "copy").await.expect("get copy");
+        assert!(read_all(copy, None).await == whole, "the copy's body");
+    }
+
+    #[tokio::test]
+    async fn a_replaced_multipart_object_retires_its_parts_and_a_reader_reads_on() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let store = ObjectStore::open(root.path()).await.expect("open");
+        store.create_bucket("mpu").await.expect("bucket");
+        let parts = [pattern(MIN_PART_SIZE as usize, 4), pattern(10, 5)];
+        multipart(&store, "obj", &parts).await;
+        let reading = store.get_object("mpu", "obj").await.expect("get");
+
+        store
+            .put_object(
+                "mpu",
+                "obj",
+                owned(b"small".to_vec()),
+                PutOptions::default(),
+            )
+            .await
+            .expect("replace");
+        let names = hidden(root.path());
+        assert!(
+            names.len() == 1 && names[0].starts_with(".retired-"),
+            "{names:?}"
+        );
+        assert!(read_all(reading, None).await == parts.concat());
+        let object = store.get_object("mpu", "obj").await.expect("get");
+        assert_eq!(read_all(object, None).await, b"small");
+
+        store
+            .remove_retired_parts(std::time::Duration::from_secs(3600))
+            .await
+            .expect("sweep");
+        assert_eq!(hidden(root.path()).len(), 1, "kept within the grace period");
+        store
+            .remove_retired_parts(std::time::Duration::ZERO)
+            .await
+            .expect("sweep");
+        assert!(hidden(root.path()).is_empty());
+
+        multipart(&store, "obj", &parts).await;
+        store.delete_object("mpu", "obj").await.expect("delete");
+        let names = hidden(root.path());
+        assert!(
+            names.len() == 1 && names[0].starts_with(".retired-"),
+            "{names:?}"
+        );
+        assert!(matches!(
+            store.get_object("mpu", "obj").await,
+            Err(ObjectStoreError::NoSuchKey(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_refused_completion_gives_the_upload_back() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let store = ObjectStore::open(root.path()).await.expect("open");
+        store.create_bucket("mpu").await.expect("bucket");
+        let id = store
+            .create_upload("mpu", "k", PutOptions::default())
+            .await
+            .expect("create upload");
+        let part = store
+            .upload_part("mpu", "k", &id, 1, body(b"only part"), None)
+            .await
+            .expect("part");
+        let wrong = vec![(1, "0".repeat(32))];
+        assert!(matches!(
+            store.complete_upload("mpu", "k", &id, &wrong).await,
+            Err(ObjectStoreError::InvalidPart(1))
+        ));
+        assert_eq!(
+            store
+                .list_parts("mpu", "k", &id)
+                .await
+                .expect("parts")
+                .len(),
+            1
+        );
+        store
+            .complete_upload("mpu", "k", &id, &[(1, part.etag)])
+            .await
+            .expect("complete");
+        let object = store.get_object("mpu", "k").await.expect("get");
+        assert_eq!(read_all(object, None).await, b"only part");
+    }
+
+    #[tokio::test]
+    async fn parts_that_no_object_names_are_removed_when_the_store_opens() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let store = ObjectStore::open(root.path()).await.expect("open");
+        store.create_bucket("mpu").await.expect("bucket");
+        let live = multipart(&store, "live", &[b"kept".to_vec()]).await;
+        // A crash between moving an upload's directory and publishing its object.
+        let orphan = store
+            .create_upload("mpu", "never", PutOptions::default())
+            .await
+            .expect("create upload");
+        store
+            .upload_part("mpu", "never", &orphan, 1, body(b"lost"), None)
+            .await
+            .expect("part");
+        let objects = root.path().join("buckets/mpu/objects");
+        std::fs::rename(
+            store.upload_dir("mpu", &orphan).expect("dir"),
+            objects.join(format!(".parts-{orphan}")),
+        )
+        .expect("move");
+        // And one whose object was replaced by a plain PUT before its parts were retired.
+        let replaced = multipart(&store, "replaced", &[b"old".to_vec()]).await;
+        std::fs::copy(
+            objects.join("replaced"),
+            objects.join("keep-a-copy-of-the-old-object-file"),
+        )
+        .expect("copy");
+        store
+            .put_object("mpu", "replaced", body(b"new"), PutOptions::default())
+            .await
+            .expect("replace");
+        std::fs::rename(
+            objects.join(
+                hidden(root.path())
+                    .into_iter()
+                    .find(|n| n.starts_with(".retired-"))
+                    .expect("retired"),
+            ),
+            objects.join(format!(".parts-{replaced}")),
+        )
+        .expect("un-retire");
+        std::fs::remove_file(objects.join("keep-a-copy-of-the-old-object-file")).expect("rm");
+
+        let store = ObjectStore::open(root.path()).await.expect("reopen");
+        assert_eq!(hidden(root.path()), vec![format!(".parts-{live}")]);
+        let object = store.get_object("mpu", "live").await.expect("get");
+        assert_eq!(read_all(object, None).await, b"kept");
+        let object = store.get_object("mpu", "replaced").await.expect("get");
+        assert_eq!(read_all(object, None).await, b"new");
     }
 
     #[tokio::test]

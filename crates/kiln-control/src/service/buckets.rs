@@ -273,19 +273,19 @@ impl Service {
         Ok(())
     }
 
-    /// Aborts multipart uploads that received nothing for [`UPLOAD_IDLE_LIMIT`], once now and
+    /// Aborts multipart uploads that received nothing for [`UPLOAD_IDLE_LIMIT`] and removes
+    /// the parts of multipart objects replaced over [`UPLOAD_SWEEP_EVERY`] ago, once now and
     /// then every [`UPLOAD_SWEEP_EVERY`], until `shutdown`.
     pub async fn sweep_idle_uploads(self, shutdown: CancellationToken) {
         loop {
-            match self
-                .s3()
-                .objects
-                .abort_idle_uploads(UPLOAD_IDLE_LIMIT)
-                .await
-            {
+            let objects = &self.s3().objects;
+            match objects.abort_idle_uploads(UPLOAD_IDLE_LIMIT).await {
                 Ok(0) => {}
                 Ok(aborted) => tracing::info!(aborted, "aborted idle multipart uploads"),
                 Err(e) => tracing::warn!(error = %e, "sweeping idle multipart uploads failed"),
+            }
+            if let Err(e) = objects.remove_retired_parts(UPLOAD_SWEEP_EVERY).await {
+                tracing::warn!(error = %e, "removing the parts of replaced objects failed");
             }
             tokio::select! {
                 () = shutdown.cancelled() => return,

@@ -155,19 +155,23 @@ impl PendingFile {
         let target = target.to_path_buf();
         // The task owns the file from here: it runs to the end even if the upload's future is
         // dropped, and the writer removes the file if it fails before the rename.
-        tokio::task::spawn_blocking(move || {
+        let replaced = tokio::task::spawn_blocking(move || {
             let replaced = written.publish(&footer, &target)?;
             sync_dir_now(target.parent().unwrap_or(Path::new(".")))?;
-            if let Some(replaced) = replaced
-                && let Err(e) = retire(&replaced)
-            {
-                // Nothing is lost: the next start sweeps temporary files and orphaned parts.
-                tracing::warn!(error = %e, "could not dispose of a replaced object file");
-            }
-            Ok(())
+            Ok::<_, ObjectStoreError>(replaced)
         })
         .await
-        .map_err(|e| ObjectStoreError::Internal(format!("publish task failed: {e}")))?
+        .map_err(|e| ObjectStoreError::Internal(format!("publish task failed: {e}")))??;
+        if let Some(replaced) = replaced {
+            // The new object is durable; disposing of the old one need not delay the answer.
+            // Nothing is lost if it fails: the next start sweeps temporary files and parts.
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = retire(&replaced) {
+                    tracing::warn!(error = %e, "could not dispose of a replaced object file");
+                }
+            });
+        }
+        Ok(())
     }
 }
 

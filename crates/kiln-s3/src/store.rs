@@ -412,9 +412,10 @@ impl ObjectStore {
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        let dir = self.objects_dir(bucket).await?;
+        let dir = self.bucket_dir(bucket).join("objects");
         let mut pending = PendingFile::new(&dir, Hashing::Md5);
-        fill(&mut pending, body).await?;
+        // The bucket is looked up while the body starts streaming: a missing one ends both.
+        tokio::try_join!(self.objects_dir(bucket), fill(&mut pending, body))?;
         publish_object(pending, &dir, key, options).await
     }
 
@@ -1203,6 +1204,15 @@ mod tests {
             )
             .await
             .expect("replace");
+        // A PUT disposes of what it replaced after answering.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while hidden(root.path())
+            .iter()
+            .any(|n| !n.starts_with(".retired-"))
+        {
+            assert!(std::time::Instant::now() < deadline, "never retired");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
         let names = hidden(root.path());
         assert!(
             names.len() == 1 && names[0].starts_with(".retired-"),
@@ -1293,26 +1303,19 @@ mod tests {
         .expect("move");
         // And one whose object was replaced by a plain PUT before its parts were retired.
         let replaced = multipart(&store, "replaced", &[b"old".to_vec()]).await;
-        std::fs::copy(
-            objects.join("replaced"),
-            objects.join("keep-a-copy-of-the-old-object-file"),
-        )
-        .expect("copy");
+        let parts = objects.join(format!(".parts-{replaced}"));
+        let aside = root.path().join("aside");
+        std::fs::rename(&parts, &aside).expect("set aside");
         store
             .put_object("mpu", "replaced", body(b"new"), PutOptions::default())
             .await
             .expect("replace");
-        std::fs::rename(
-            objects.join(
-                hidden(root.path())
-                    .into_iter()
-                    .find(|n| n.starts_with(".retired-"))
-                    .expect("retired"),
-            ),
-            objects.join(format!(".parts-{replaced}")),
-        )
-        .expect("un-retire");
-        std::fs::remove_file(objects.join("keep-a-copy-of-the-old-object-file")).expect("rm");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while hidden(root.path()).iter().any(|n| n.starts_with(".tmp-")) {
+            assert!(std::time::Instant::now() < deadline, "never disposed of");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        std::fs::rename(&aside, &parts).expect("put back");
 
         let store = ObjectStore::open(root.path()).await.expect("reopen");
         assert_eq!(hidden(root.path()), vec![format!(".parts-{live}")]);

@@ -152,12 +152,17 @@ impl OpenObject {
                 ));
             }
         };
-        let stretches = pieces.into_iter().filter_map(move |(piece, start, end)| {
+        let mut stretches = pieces.into_iter().filter_map(move |(piece, start, end)| {
             let (from, to) = (range.start.max(start), range.end.min(end));
             (from < to).then(|| (piece, from - start, to - start))
         });
-        Ok(futures::stream::iter(stretches)
-            .flat_map(|(piece, from, to)| stream_piece(piece, from, to)))
+        let first = stretches
+            .next()
+            .map(|(piece, from, to)| stream_piece(piece, from, to));
+        Ok(futures::stream::iter(first).flatten().chain(
+            futures::stream::iter(stretches)
+                .flat_map(|(piece, from, to)| stream_piece(piece, from, to)),
+        ))
     }
 }
 
@@ -179,27 +184,27 @@ fn open_part_at(dir: &std::fs::File, number: i32) -> std::io::Result<std::fs::Fi
     Ok(std::fs::File::from(fd))
 }
 
-/// Streams bytes `start..end` of a piece; a part is opened (on the blocking pool) only once
-/// the stream reaches it.
+/// Streams bytes `start..end` of a piece. An open file starts reading at once, before the
+/// answer's head goes out; a part is opened (on the blocking pool) only once the stream
+/// reaches it.
 fn stream_piece(
     piece: Piece,
     start: u64,
     end: u64,
 ) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
-    let opened = async move {
-        match piece {
-            Piece::Open(file) => Ok(file),
-            Piece::Part(dir, number) => {
-                tokio::task::spawn_blocking(move || open_part_at(&dir, number))
-                    .await
-                    .unwrap_or_else(|e| Err(std::io::Error::other(e)))
-            }
+    use futures::future::Either;
+    match piece {
+        Piece::Open(file) => Either::Left(read_range(Arc::new(file), start, end)),
+        Piece::Part(dir, number) => {
+            let opened = tokio::task::spawn_blocking(move || open_part_at(&dir, number));
+            Either::Right(futures::stream::once(opened).flat_map(move |opened| {
+                match opened.unwrap_or_else(|e| Err(std::io::Error::other(e))) {
+                    Ok(file) => Either::Left(read_range(Arc::new(file), start, end)),
+                    Err(e) => Either::Right(futures::stream::iter([Err(e)])),
+                }
+            }))
         }
-    };
-    futures::stream::once(opened).flat_map(move |opened| match opened {
-        Ok(file) => futures::future::Either::Left(read_range(Arc::new(file), start, end)),
-        Err(e) => futures::future::Either::Right(futures::stream::iter([Err(e)])),
-    })
+    }
 }
 
 /// Streams bytes `start..end` of a file, one block read ahead of the socket.

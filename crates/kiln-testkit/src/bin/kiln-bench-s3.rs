@@ -76,6 +76,7 @@ async fn main() -> anyhow::Result<()> {
             std::hint::black_box(kiln_s3::md5::digest(&body)?);
             hashes.push(started.elapsed());
 
+            settle(&objects).await?;
             let started = Instant::now();
             raw_write(&raw_dir, &body)?;
             raw_writes.push(started.elapsed());
@@ -232,6 +233,24 @@ async fn get(http: &reqwest::Client, url: &str, size: usize) -> anyhow::Result<D
         bail!("GET returned {got} bytes, expected {size}");
     }
     Ok(started.elapsed())
+}
+
+/// Waits until the store has disposed of the objects its PUTs replaced (it does so after
+/// answering), and commits the filesystem, so the baseline that follows does not pay for
+/// freeing their blocks (this disk is mounted with `discard`).
+async fn settle(objects: &Path) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_dir(objects)?
+        .filter_map(Result::ok)
+        .any(|e| e.file_name().to_string_lossy().starts_with(".tmp-"))
+    {
+        if Instant::now() > deadline {
+            bail!("replaced objects were not disposed of within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    nix::unistd::syncfs(std::fs::File::open(objects)?)?;
+    Ok(())
 }
 
 /// Drops a (clean, fsynced) file's pages from the page cache, so the next read hits the disk.

@@ -1133,6 +1133,14 @@ mod tests {
         id
     }
 
+    /// A store in a temporary directory, with the bucket `mpu`.
+    async fn store_with_bucket() -> (tempfile::TempDir, ObjectStore) {
+        let root = tempfile::tempdir().expect("temp dir");
+        let store = ObjectStore::open(root.path()).await.expect("open");
+        store.create_bucket("mpu").await.expect("bucket");
+        (root, store)
+    }
+
     /// Hidden names in the bucket's objects directory, sorted.
     fn hidden(root: &Path) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(root.join("buckets/mpu/objects"))
@@ -1146,9 +1154,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_completed_upload_is_not_copied_and_reads_back_whole_and_in_ranges() {
-        let root = tempfile::tempdir().expect("temp dir");
-        let store = ObjectStore::open(root.path()).await.expect("open");
-        store.create_bucket("mpu").await.expect("bucket");
+        let (root, store) = store_with_bucket().await;
         let parts = [
             pattern(MIN_PART_SIZE as usize, 1),
             pattern(MIN_PART_SIZE as usize + 3, 2),
@@ -1193,9 +1199,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_replaced_multipart_object_retires_its_parts_and_a_reader_reads_on() {
-        let root = tempfile::tempdir().expect("temp dir");
-        let store = ObjectStore::open(root.path()).await.expect("open");
-        store.create_bucket("mpu").await.expect("bucket");
+        let (root, store) = store_with_bucket().await;
         let parts = [pattern(MIN_PART_SIZE as usize, 4), pattern(10, 5)];
         multipart(&store, "obj", &parts).await;
         let reading = store.get_object("mpu", "obj").await.expect("get");
@@ -1253,9 +1257,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_completion_gives_the_upload_back() {
-        let root = tempfile::tempdir().expect("temp dir");
-        let store = ObjectStore::open(root.path()).await.expect("open");
-        store.create_bucket("mpu").await.expect("bucket");
+        let (root, store) = store_with_bucket().await;
         let id = store
             .create_upload("mpu", "k", PutOptions::default())
             .await
@@ -1287,9 +1289,7 @@ mod tests {
 
     #[tokio::test]
     async fn parts_that_no_object_names_are_removed_when_the_store_opens() {
-        let root = tempfile::tempdir().expect("temp dir");
-        let store = ObjectStore::open(root.path()).await.expect("open");
-        store.create_bucket("mpu").await.expect("bucket");
+        let (root, store) = store_with_bucket().await;
         let live = multipart(&store, "live", &[b"kept".to_vec()]).await;
         // A crash between moving an upload's directory and publishing its object.
         let orphan = store

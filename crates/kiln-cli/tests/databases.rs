@@ -673,7 +673,16 @@ async fn mysql_and_redis_reach_the_sandbox() {
         .rsplit_once('@')
         .map(|(_, rest)| rest.split('/').next().unwrap_or(rest))
         .expect("host and port in the URL");
-    let squatter = std::net::TcpListener::bind(address).expect("take the server's port");
+    // A background save forked by the server may hold its listener a moment longer.
+    let squatter = loop {
+        match std::net::TcpListener::bind(address) {
+            Ok(listener) => break listener,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("take the server's port {address}: {e}"),
+        }
+    };
     kiln.restart().await.expect("restart");
     let api = kiln.client();
     let down = wait_status(&api, &cache.id, DatabaseStatus::Unhealthy).await;

@@ -1257,7 +1257,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_completion_gives_the_upload_back() {
-        let (root, store) = store_with_bucket().await;
+        let (_root, store) = store_with_bucket().await;
         let id = store
             .create_upload("mpu", "k", PutOptions::default())
             .await

@@ -329,12 +329,17 @@ impl ObjectStore {
         self.root.join("buckets").join(bucket)
     }
 
+    /// Where a bucket's objects directory is, for a valid name; whether it exists is
+    /// [`ObjectStore::objects_dir`]'s question.
+    fn objects_path(&self, bucket: &str) -> Result<PathBuf, ObjectStoreError> {
+        validate_bucket_name(bucket)
+            .map(|()| self.bucket_dir(bucket).join("objects"))
+            .map_err(|_| ObjectStoreError::NoSuchBucket(bucket.to_owned()))
+    }
+
     /// The objects directory of an existing bucket.
     async fn objects_dir(&self, bucket: &str) -> Result<PathBuf, ObjectStoreError> {
-        if validate_bucket_name(bucket).is_err() {
-            return Err(ObjectStoreError::NoSuchBucket(bucket.to_owned()));
-        }
-        let dir = self.bucket_dir(bucket).join("objects");
+        let dir = self.objects_path(bucket)?;
         match tokio::fs::metadata(&dir).await {
             Ok(m) if m.is_dir() => Ok(dir),
             _ => Err(ObjectStoreError::NoSuchBucket(bucket.to_owned())),
@@ -417,7 +422,7 @@ impl ObjectStore {
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        let dir = self.bucket_dir(bucket).join("objects");
+        let dir = self.objects_path(bucket)?;
         let mut pending = PendingFile::new(&dir, Hashing::Md5);
         // The bucket is looked up while the body starts streaming: a missing one ends both.
         tokio::try_join!(self.objects_dir(bucket), fill(&mut pending, body))?;
@@ -748,7 +753,7 @@ impl ObjectStore {
             }
             Err(e) => return Err(io_err("rename", &upload_dir)(e)),
         }
-        let published = async {
+        let prepared = async {
             let chosen = chosen_parts(&parts_dir, wanted).await?;
             remove_other_files(&parts_dir, &chosen).await?;
             // The directory's new name must be durable before an object names it.
@@ -761,7 +766,7 @@ impl ObjectStore {
                 })?;
                 md5s.update(&raw);
             }
-            let meta = ObjectMeta {
+            Ok(ObjectMeta {
                 key: key.to_owned(),
                 size: chosen.iter().map(|(_, _, size)| size).sum(),
                 etag: format!("{}-{}", hex::encode(md5s.finalize()), chosen.len()),
@@ -773,19 +778,51 @@ impl ObjectStore {
                     upload: upload_id.to_owned(),
                     parts: chosen.iter().map(|(n, _, size)| (*n, *size)).collect(),
                 }),
-            };
-            PendingFile::new(&dir, Hashing::Skip)
-                .publish(&meta, &dir.join(key_to_file_name(key)))
-                .await?;
-            Ok(meta)
+            })
         };
-        let result = published.await;
-        if result.is_err() {
-            // Refused parts or a failed publish: the upload goes back, for the client to
-            // complete it again (what was removed were parts it did not name).
-            let _ = tokio::fs::rename(&parts_dir, &upload_dir).await;
+        // On failure the upload goes back, for the client to complete it again (what was
+        // removed were parts it did not name).
+        let meta = match prepared.await {
+            Ok(meta) => meta,
+            Err(e) => {
+                let _ = tokio::fs::rename(&parts_dir, &upload_dir).await;
+                return Err(e);
+            }
+        };
+        let target = dir.join(key_to_file_name(key));
+        if let Err(e) = PendingFile::new(&dir, Hashing::Skip)
+            .publish(&meta, &target)
+            .await
+        {
+            // A publish can fail after its rename (a failed directory fsync): the parts then
+            // belong to the object.
+            if !self
+                .names_parts(bucket, key, upload_id)
+                .await
+                .unwrap_or(true)
+            {
+                let _ = tokio::fs::rename(&parts_dir, &upload_dir).await;
+            }
+            return Err(e);
         }
-        result
+        Ok(meta)
+    }
+
+    /// Whether the object `key` is the multipart object whose parts are upload `upload`'s.
+    async fn names_parts(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload: &str,
+    ) -> Result<bool, ObjectStoreError> {
+        match self.open_object(bucket, key, Purpose::Meta).await {
+            Ok(object) => Ok(object
+                .meta
+                .segments
+                .is_some_and(|segments| segments.upload == upload)),
+            Err(ObjectStoreError::NoSuchKey(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Drops an upload and its parts.
@@ -859,18 +896,21 @@ impl ObjectStore {
             let Some(upload) = name.strip_prefix(".parts-") else {
                 continue;
             };
-            let Some(info) = read_upload_info(&path).await? else {
-                continue; // not an upload's directory: left alone
+            // Without a readable record the owner is unknown: left alone, and said.
+            let info = match read_upload_info(&path).await {
+                Ok(Some(info)) => info,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "parts directory without a readable record");
+                    continue;
+                }
             };
-            let named = match self.open_object(bucket, &info.key, Purpose::Meta).await {
-                Ok(object) => object
-                    .meta
-                    .segments
-                    .is_some_and(|segments| segments.upload == upload),
-                Err(ObjectStoreError::NoSuchKey(_)) => false,
-                Err(e) => return Err(e),
-            };
-            if !named {
+            // An object that cannot be read may still name them: kept then.
+            if !self
+                .names_parts(bucket, &info.key, upload)
+                .await
+                .unwrap_or(true)
+            {
                 tokio::fs::remove_dir_all(&path)
                     .await
                     .map_err(io_err("remove", &path))?;
@@ -1321,9 +1361,14 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
         std::fs::rename(&aside, &parts).expect("put back");
+        // And one whose record is damaged: its owner is unknown, so it stays.
+        std::fs::create_dir(objects.join(".parts-damaged")).expect("mkdir");
+        std::fs::write(objects.join(".parts-damaged/upload"), b"not a record").expect("write");
 
         let store = ObjectStore::open(root.path()).await.expect("reopen");
-        assert_eq!(hidden(root.path()), vec![format!(".parts-{live}")]);
+        let mut kept = vec![format!(".parts-{live}"), ".parts-damaged".to_owned()];
+        kept.sort();
+        assert_eq!(hidden(root.path()), kept);
         let object = store.get_object("mpu", "live").await.expect("get");
         assert_eq!(read_all(object, None).await, b"kept");
         let object = store.get_object("mpu", "replaced").await.expect("get");

@@ -110,24 +110,19 @@ async fn main() -> anyhow::Result<()> {
         let label = format!("{} MiB", size / MIB);
         let md5_speed = throughput(size, median(&mut hashes));
         println!("{label:<8} MD5 alone   {md5_speed:>10.0}");
-        let mut rows = vec![("PUT (fsync)", &mut puts, raw_writes.clone())];
+        let raw_write_time = median(&mut raw_writes);
+        let mut rows = vec![("PUT (fsync)", median(&mut puts), raw_write_time)];
         if !multipart_puts.is_empty() {
-            rows.push(("PUT 8 MiB×4", &mut multipart_puts, raw_writes));
+            rows.push(("PUT 8 MiB×4", median(&mut multipart_puts), raw_write_time));
         }
-        for (op, kiln_t, mut raw_t) in rows {
-            let k = throughput(size, median(kiln_t));
-            let r = throughput(size, median(&mut raw_t));
-            println!(
-                "{label:<8} {op:<11} {k:>10.0}   {r:>9.0}   {:>7.0}%",
-                100.0 * k / r
-            );
-        }
-        for (op, kiln_t, raw_t) in [
-            ("GET cached", &mut gets, &mut raw_reads),
-            ("GET cold", &mut cold_gets, &mut cold_raw_reads),
-        ] {
-            let k = throughput(size, median(kiln_t));
-            let r = throughput(size, median(raw_t));
+        rows.push(("GET cached", median(&mut gets), median(&mut raw_reads)));
+        rows.push((
+            "GET cold",
+            median(&mut cold_gets),
+            median(&mut cold_raw_reads),
+        ));
+        for (op, kiln_t, raw_t) in rows {
+            let (k, r) = (throughput(size, kiln_t), throughput(size, raw_t));
             println!(
                 "{label:<8} {op:<11} {k:>10.0}   {r:>9.0}   {:>7.0}%",
                 100.0 * k / r

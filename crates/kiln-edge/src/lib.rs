@@ -26,6 +26,7 @@ mod body;
 mod framing;
 pub mod pages;
 mod proxy;
+mod relay;
 mod routes;
 mod server;
 mod upstream;

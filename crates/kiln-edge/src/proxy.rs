@@ -35,6 +35,8 @@ pub(crate) struct Worker {
     /// This worker's upstream connections: they live on this worker's thread, so a request
     /// never waits on another thread.
     pub(crate) upstream: UpstreamPool,
+    /// This worker's machine connections for the relay (plain requests).
+    pub(crate) relay: crate::relay::Pool,
     /// Every task of this worker (connections and spliced upgrades); the worker waits for
     /// them before it exits.
     pub(crate) tasks: TaskTracker,

@@ -26,6 +26,7 @@ use tracing::{debug, warn};
 use crate::EdgeError;
 use crate::framing::{FramingScanner, FramingVerdict};
 use crate::proxy::{self, ConnInfo, Shared, Worker};
+use crate::relay;
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4): "prior knowledge" clients start with it.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -143,6 +144,10 @@ async fn worker(
     };
     let worker = Arc::new(Worker {
         upstream: proxy::upstream_pool(&shared.config),
+        relay: relay::Pool::new(
+            shared.config.upstream_connect_timeout,
+            proxy::UPSTREAM_IDLE_TIMEOUT,
+        ),
         tasks: TaskTracker::new(),
         stopping: stop.drain.clone(),
     });
@@ -151,7 +156,10 @@ async fn worker(
         tokio::select! {
             biased;
             () = stop.drain.cancelled() => break,
-            _ = sweep.tick() => worker.upstream.sweep(),
+            _ = sweep.tick() => {
+                worker.upstream.sweep();
+                worker.relay.sweep();
+            }
             accepted = listener.accept() => match accepted {
                 Ok((stream, remote)) => {
                     // Small answers should leave at once, not wait for Nagle.
@@ -217,6 +225,22 @@ async fn serve_connection<IO>(
         }
     };
 
+    // Plain HTTP/1.1 requests take the relay; hyper serves the connection from the first
+    // request that is not plain (and serves HTTP/2 throughout).
+    let prefix = if http2 {
+        prefix.freeze()
+    } else {
+        let relayed = relay::serve(&mut io, prefix, &shared, &worker, remote, &stop.drain);
+        let ended = tokio::select! {
+            ended = relayed => ended,
+            () = stop.abort.cancelled() => return,
+        };
+        match ended {
+            relay::Ended::Closed => return,
+            relay::Ended::HandOver(rest) => rest,
+        }
+    };
+
     let framing = (!http2).then(|| Arc::new(FramingVerdict::new()));
     let scanner = framing
         .as_ref()
@@ -275,16 +299,16 @@ async fn serve_connection<IO>(
 /// Reads until the bytes show whether this is an HTTP/2 prior-knowledge connection. Returns
 /// the bytes read (to be replayed) and whether it is HTTP/2; `None` if the peer closed
 /// without sending anything.
-async fn sniff<IO: AsyncRead + Unpin>(io: &mut IO) -> io::Result<Option<(Bytes, bool)>> {
+async fn sniff<IO: AsyncRead + Unpin>(io: &mut IO) -> io::Result<Option<(BytesMut, bool)>> {
     let mut buf = BytesMut::with_capacity(4096);
     loop {
         let n = io.read_buf(&mut buf).await?;
         let seen = buf.len().min(H2_PREFACE.len());
         if buf[..seen] != H2_PREFACE[..seen] {
-            return Ok(Some((buf.freeze(), false)));
+            return Ok(Some((buf, false)));
         }
         if seen == H2_PREFACE.len() {
-            return Ok(Some((buf.freeze(), true)));
+            return Ok(Some((buf, true)));
         }
         if n == 0 {
             // Closed mid-preface (or before anything): nothing worth answering.

@@ -467,36 +467,157 @@ async fn routes_by_host_ignoring_port_case_and_trailing_dot() {
 #[tokio::test]
 async fn forwards_x_forwarded_headers_and_strips_hop_by_hop_both_ways() {
     let f = Fixture::start().await;
-    let response = client()
-        .get(f.url("/hello"))
-        .header("host", "app.clinic.test:9000")
-        .header("x-forwarded-for", "203.0.113.7")
-        .header("x-forwarded-proto", "https")
-        .header("connection", "keep-alive, x-hop")
-        .header("x-hop", "secret")
-        .header("keep-alive", "timeout=9")
-        .header("proxy-authorization", "Basic Zm9vOmJhcg==")
-        .header("x-end-to-end", "kept")
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(response.status(), 200);
-    // The app's own identifying headers pass through untouched; its hop-by-hop ones do not.
-    let h = response.headers();
-    assert_eq!(h["server"], "upstream-app/1.0");
-    assert_eq!(h["x-powered-by"], "upstream-framework");
-    assert!(h.get("x-drop-me").is_none());
-    assert!(h.get("keep-alive").is_none());
-    assert!(h.get("via").is_none());
+    // A `Connection` header naming another header sends the request through hyper; without
+    // one, it is relayed. Both paths must forward the same way.
+    for connection in ["keep-alive, x-hop", "keep-alive"] {
+        let response = client()
+            .get(f.url("/hello"))
+            .header("host", "app.clinic.test:9000")
+            .header("x-forwarded-for", "203.0.113.7")
+            .header("x-forwarded-proto", "https")
+            .header("connection", connection)
+            .header("x-hop", "secret")
+            .header("keep-alive", "timeout=9")
+            .header("proxy-authorization", "Basic Zm9vOmJhcg==")
+            .header("x-end-to-end", "kept")
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), 200);
+        // The app's own identifying headers pass through untouched; its hop-by-hop ones do
+        // not.
+        let h = response.headers();
+        assert_eq!(h["server"], "upstream-app/1.0");
+        assert_eq!(h["x-powered-by"], "upstream-framework");
+        assert!(h.get("x-drop-me").is_none());
+        assert!(h.get("keep-alive").is_none());
+        assert!(h.get("via").is_none());
 
-    let seen = f.app.last().headers;
-    assert_eq!(seen["x-forwarded-for"], vec!["203.0.113.7, 127.0.0.1"]);
-    assert_eq!(seen["x-forwarded-proto"], vec!["http"]);
-    assert_eq!(seen["x-forwarded-host"], vec!["app.clinic.test:9000"]);
-    assert_eq!(seen["x-end-to-end"], vec!["kept"]);
-    for hop in ["x-hop", "keep-alive", "proxy-authorization", "via"] {
-        assert!(!seen.contains_key(hop), "{hop} reached the app");
+        let seen = f.app.last().headers;
+        assert_eq!(seen["x-forwarded-for"], vec!["203.0.113.7, 127.0.0.1"]);
+        assert_eq!(seen["x-forwarded-proto"], vec!["http"]);
+        assert_eq!(seen["x-forwarded-host"], vec!["app.clinic.test:9000"]);
+        assert_eq!(seen["host"], vec!["app.clinic.test:9000"]);
+        assert_eq!(seen["x-end-to-end"], vec!["kept"]);
+        assert_eq!(seen.contains_key("x-hop"), connection == "keep-alive");
+        for hop in ["keep-alive", "proxy-authorization", "via"] {
+            assert!(!seen.contains_key(hop), "{hop} reached the app");
+        }
     }
+}
+
+/// An app server written on raw TCP, for answers hyper would never send: it answers one
+/// request per connection, then reads the next and closes without answering, as a server
+/// does when its keep-alive timeout fires just as a request arrives.
+async fn start_raw_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let answer: &[u8] = match head.split(' ').take(2).collect::<Vec<_>>()[..] {
+                    ["HEAD", _] => b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n",
+                    [_, "/until-close"] => b"HTTP/1.1 200 OK\r\n\r\nall of this, until the close",
+                    [_, "/early-hints"] => {
+                        b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n\
+                          HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+                          3\r\nabc\r\n2;x=y\r\nde\r\n0\r\nX-Trailer: 1\r\n\r\n"
+                    }
+                    _ => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+                };
+                if stream.write_all(answer).await.is_err() || head.contains("/until-close") {
+                    return;
+                }
+                // The next request arrives and is dropped with the connection.
+                let _ = stream.read(&mut byte).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn plain_requests_get_every_kind_of_answer_framing_through() {
+    let f = Fixture::start().await;
+    f.routes.publish(f.table(start_raw_upstream().await));
+    let host = "Host: app.clinic.test\r\n";
+
+    // Answered until the close: the client's connection closes after it too.
+    let out = raw(
+        f.edge,
+        format!("GET /until-close HTTP/1.1\r\n{host}\r\n").as_bytes(),
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+    assert!(
+        out.to_ascii_lowercase().contains("connection: close\r\n"),
+        "{out}"
+    );
+    assert!(
+        out.ends_with("\r\n\r\nall of this, until the close"),
+        "{out}"
+    );
+
+    // An interim answer is dropped; a chunked one passes byte for byte, trailer included.
+    // Then a HEAD answer, whose length names a body that never comes, ends the connection.
+    let out = raw(
+        f.edge,
+        format!(
+            "GET /early-hints HTTP/1.1\r\n{host}\r\nHEAD / HTTP/1.1\r\n{host}Connection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert!(!out.contains("103"), "{out}");
+    let (first, second) = out.split_at(
+        out.find("HTTP/1.1 200 OK\r\nContent-Length: 10")
+            .expect("HEAD answer"),
+    );
+    assert!(
+        first.starts_with("HTTP/1.1 200 OK\r\n")
+            && first.contains("Transfer-Encoding: chunked\r\n")
+            && first.ends_with("\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\nX-Trailer: 1\r\n\r\n"),
+        "{first}"
+    );
+    assert!(second.ends_with("\r\n\r\n"), "{second}");
+
+    // Each connection to the machine serves one request and then drops the next unanswered:
+    // a GET is sent again on a new connection, a POST (not safe to repeat) is not.
+    let http = client();
+    for _ in 0..3 {
+        let response = http
+            .get(f.url("/again"))
+            .header("host", "app.clinic.test")
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.text().await.expect("body"), "ok");
+    }
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let response = http
+            .post(f.url("/form"))
+            .header("host", "app.clinic.test")
+            .body("a=1")
+            .send()
+            .await
+            .expect("request");
+        statuses.push(response.status().as_u16());
+    }
+    assert!(
+        statuses.contains(&200) && statuses.contains(&502),
+        "{statuses:?}"
+    );
 }
 
 #[tokio::test]

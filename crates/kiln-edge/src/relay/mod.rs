@@ -43,6 +43,8 @@ use crate::routes::{Brand, Resolution, RouteKind};
 
 /// Buffer space made ready before each read.
 const READ_SPACE: usize = 16 << 10;
+/// A long answer body is read in steps that grow to this size while they come back full.
+const MAX_BODY_READ: usize = 64 << 10;
 /// Longest response head taken from a machine.
 const MAX_RESPONSE_HEAD: usize = 64 << 10;
 
@@ -216,9 +218,10 @@ impl<IO: AsyncWrite + Unpin> Exchange<'_, IO> {
             .write_all(&out[..])
             .await
             .map_err(|_| Failed::MidAnswer)?;
+        let mut space = READ_SPACE;
         while !done {
             answer.clear();
-            answer.reserve(READ_SPACE);
+            answer.reserve(space);
             let read = upstream
                 .read_buf(answer)
                 .await
@@ -229,6 +232,9 @@ impl<IO: AsyncWrite + Unpin> Exchange<'_, IO> {
                 }
                 debug!(upstream = %self.addr, "upstream closed mid-answer");
                 return Err(Failed::MidAnswer);
+            }
+            if read >= space {
+                space = (space * 2).min(MAX_BODY_READ);
             }
             (take, done) = body.step(&answer[..]).map_err(|()| Failed::MidAnswer)?;
             overshoot |= answer.len() > take;

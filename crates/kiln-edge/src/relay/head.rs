@@ -267,11 +267,12 @@ pub(crate) fn response(
     for header in parsed.headers.iter() {
         let name = header.name;
         // The body is relayed byte for byte, so its framing headers describe it downstream
-        // too; a length beside a chunked coding is dropped, as the chunks decide.
+        // too; a length beside a transfer coding is dropped, as the coding decides (RFC 9112
+        // §6.3) and a message with both is what smuggling is made of.
         let keep = if name.eq_ignore_ascii_case("transfer-encoding") {
             true
         } else if name.eq_ignore_ascii_case("content-length") {
-            framing != Framing::Chunked
+            chunked.is_none()
         } else {
             !is_hop_by_hop(name)
                 && !named
@@ -468,6 +469,14 @@ mod tests {
         assert_eq!(
             framing("HTTP/1.1 200 OK\r\n\r\n", false),
             Framing::UntilClose
+        );
+        let (_, out) = final_head(
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: gzip\r\n\r\n",
+            false,
+        );
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nconnection: close\r\n\r\n"
         );
 
         let mut out = Vec::new();

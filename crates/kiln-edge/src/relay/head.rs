@@ -6,6 +6,8 @@
 
 use http::HeaderValue;
 
+use crate::proxy::HOP_BY_HOP;
+
 /// hyper's limit on header lines, kept so both paths refuse the same heads.
 const MAX_HEADERS: usize = 100;
 
@@ -296,22 +298,10 @@ pub(crate) fn response(
     })
 }
 
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
-/// non-standard ones used the same way.
 fn is_hop_by_hop(name: &str) -> bool {
-    [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    ]
-    .iter()
-    .any(|h| name.eq_ignore_ascii_case(h))
+    HOP_BY_HOP
+        .iter()
+        .any(|h| name.eq_ignore_ascii_case(h.as_str()))
 }
 
 /// A byte of an origin-form target: a path and query of unreserved characters, sub-delimiters,

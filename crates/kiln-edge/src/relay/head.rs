@@ -4,11 +4,14 @@
 //! Only plain requests pass; whatever is unusual comes back as [`Request::Other`] so hyper,
 //! with its checks and pages, deals with it. Being stricter than hyper here is always safe.
 
+use std::mem::MaybeUninit;
+
 use http::HeaderValue;
 
 use crate::proxy::HOP_BY_HOP;
 
-/// hyper's limit on header lines, kept so both paths refuse the same heads.
+/// hyper's limit on header lines, kept so both paths refuse the same heads. Their slots are
+/// left uninitialised until parsed, as hyper does: 3 KiB fewer bytes written per head.
 const MAX_HEADERS: usize = 100;
 
 /// Request bodies up to this size are read whole before the request goes on; longer ones
@@ -49,9 +52,9 @@ pub(crate) struct Plain {
 /// Reads the request at the start of `buf` and, if it is plain, writes its upstream form
 /// (head and body) to `out`. `client_ip` is the downstream peer for `X-Forwarded-For`.
 pub(crate) fn request(buf: &[u8], max_head: usize, client_ip: &str, out: &mut Vec<u8>) -> Request {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Request::new(&mut headers);
-    let head_len = match parsed.parse(buf) {
+    let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut []);
+    let head_len = match parsed.parse_with_uninit_headers(buf, &mut headers) {
         Ok(httparse::Status::Complete(len)) if len <= max_head => len,
         Ok(httparse::Status::Partial) if buf.len() <= max_head => return Request::PartialHead,
         _ => return Request::Other,
@@ -203,9 +206,13 @@ pub(crate) fn response(
     client_close: bool,
     out: &mut Vec<u8>,
 ) -> Response {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut headers);
-    let len = match parsed.parse(buf) {
+    let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut parsed,
+        buf,
+        &mut headers,
+    ) {
         Ok(httparse::Status::Complete(len)) if len <= max_head => len,
         Ok(httparse::Status::Partial) if buf.len() <= max_head => return Response::Partial,
         _ => return Response::Invalid,

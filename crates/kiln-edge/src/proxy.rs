@@ -131,7 +131,7 @@ pub(crate) async fn handle(
     } else {
         PageKind::NotRunning
     };
-    let upstream = match (&route.backend, table.pick(&host)) {
+    let upstream = match (&route.backend, table.pick(&host).map(|(_, addr)| addr)) {
         (_, Some(addr)) => addr,
         (Backend::Starting, None) => {
             return pages::response(PageKind::Starting, brand, req.headers());

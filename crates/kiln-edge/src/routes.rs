@@ -181,14 +181,14 @@ impl RouteTable {
         }
     }
 
-    /// Picks the next address of a ready route, round-robin. `None` when the host has no
-    /// route or its backend is not ready.
-    pub(crate) fn pick(&self, host: &str) -> Option<SocketAddr> {
+    /// The host's route with the next address of its machines, round-robin, in one look-up.
+    /// `None` when the host has no route or its backend is not ready.
+    pub(crate) fn pick(&self, host: &str) -> Option<(&Route, SocketAddr)> {
         let entry = self.routes.get(host)?;
         match &entry.route.backend {
             Backend::Ready(addrs) if !addrs.is_empty() => {
                 let i = entry.next.fetch_add(1, Ordering::Relaxed);
-                Some(addrs[i % addrs.len()])
+                Some((&entry.route, addrs[i % addrs.len()]))
             }
             _ => None,
         }
@@ -399,10 +399,12 @@ mod tests {
             [],
         )
         .expect("valid table");
-        let picks: Vec<_> = (0..4).filter_map(|_| table.pick("rr.test")).collect();
+        let picks: Vec<_> = (0..4)
+            .filter_map(|_| table.pick("rr.test").map(|(_, addr)| addr))
+            .collect();
         assert_eq!(picks, vec![a, b, a, b]);
-        assert_eq!(table.pick("empty.test"), None);
-        assert_eq!(table.pick("missing.test"), None);
+        assert!(table.pick("empty.test").is_none());
+        assert!(table.pick("missing.test").is_none());
     }
 
     #[test]

@@ -39,7 +39,7 @@ pub(crate) use self::pool::Pool;
 use crate::body::EdgeBody;
 use crate::pages::{self, PageKind};
 use crate::proxy::{Shared, Worker};
-use crate::routes::{Brand, Resolution, RouteKind};
+use crate::routes::{Brand, RouteKind};
 
 /// Buffer space made ready before each read.
 const READ_SPACE: usize = 16 << 10;
@@ -121,10 +121,9 @@ where
         };
 
         let table = shared.routes.current();
-        let (route, addr) = match (table.resolve(&plain.host), table.pick(&plain.host)) {
-            (Resolution::Route(route), Some(addr)) => (route, addr),
+        let Some((route, addr)) = table.pick(&plain.host) else {
             // No machine to relay to: hyper answers with the right page.
-            _ => return Ended::HandOver(buf.freeze()),
+            return Ended::HandOver(buf.freeze());
         };
         answer_timer
             .as_mut()

@@ -230,6 +230,7 @@ pub(crate) fn response(
     let mut length: Option<u64> = None;
     let mut chunked: Option<bool> = None;
     let mut upstream_close = version == 0;
+    let mut dated = false;
     // Headers the `Connection` header names are hop-by-hop too.
     let mut named: Vec<&[u8]> = Vec::new();
     for header in parsed.headers.iter() {
@@ -253,6 +254,8 @@ pub(crate) fn response(
                     named.push(token);
                 }
             }
+        } else if name.eq_ignore_ascii_case("date") {
+            dated = true;
         }
     }
     let framing = if head_method || status == 204 || status == 304 {
@@ -291,6 +294,12 @@ pub(crate) fn response(
         if keep {
             push_header(out, name.as_bytes(), header.value);
         }
+    }
+    if !dated {
+        // A proxy forwarding an answer without a date adds the time it received it
+        // (RFC 9110 §6.6.1).
+        let now = httpdate::fmt_http_date(std::time::SystemTime::now());
+        push_header(out, b"date", now.as_bytes());
     }
     if close {
         out.extend_from_slice(b"connection: close\r\n");
@@ -468,12 +477,12 @@ mod tests {
             Framing::UntilClose
         );
         let (_, out) = final_head(
-            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: gzip\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: gzip\r\nDate: D\r\n\r\n",
             false,
         );
         assert_eq!(
             out,
-            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nconnection: close\r\n\r\n"
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nDate: D\r\nconnection: close\r\n\r\n"
         );
 
         let mut out = Vec::new();
@@ -493,26 +502,50 @@ mod tests {
 
     #[test]
     fn response_heads_lose_hop_by_hop_headers_and_keep_their_framing() {
+        let date = "Date: Sat, 05 Dec 2026 00:00:00 GMT\r\n";
         let (head, out) = final_head(
-            "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Internal\r\nKeep-Alive: timeout=5\r\n\
-             X-Internal: 1\r\nServer: app\r\nContent-Length: 9\r\nTransfer-Encoding: chunked\r\n\r\n",
+            &format!(
+                "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Internal\r\nKeep-Alive: timeout=5\r\n\
+                 X-Internal: 1\r\nServer: app\r\nContent-Length: 9\r\n\
+                 Transfer-Encoding: chunked\r\n{date}\r\n"
+            ),
             false,
         );
         assert_eq!(
             out,
-            "HTTP/1.1 200 OK\r\nServer: app\r\nTransfer-Encoding: chunked\r\n\r\n"
+            format!("HTTP/1.1 200 OK\r\nServer: app\r\nTransfer-Encoding: chunked\r\n{date}\r\n")
         );
         assert!(head.reusable && !head.close);
 
-        let (head, out) = final_head("HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n", false);
-        assert_eq!(out, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n");
-        assert!(!head.reusable && !head.close);
-
-        let (head, out) = final_head("HTTP/1.1 200 OK\r\nServer: app\r\n\r\n", false);
+        let (head, out) = final_head(
+            &format!("HTTP/1.0 200 OK\r\nContent-Length: 2\r\n{date}\r\n"),
+            false,
+        );
         assert_eq!(
             out,
-            "HTTP/1.1 200 OK\r\nServer: app\r\nconnection: close\r\n\r\n"
+            format!("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n{date}\r\n")
+        );
+        assert!(!head.reusable && !head.close);
+
+        let (head, out) = final_head(&format!("HTTP/1.1 200 OK\r\n{date}\r\n"), false);
+        assert_eq!(
+            out,
+            format!("HTTP/1.1 200 OK\r\n{date}connection: close\r\n\r\n")
         );
         assert!(!head.reusable && head.close);
+    }
+
+    #[test]
+    fn an_answer_without_a_date_gets_the_time_it_was_received() {
+        let (_, out) = final_head("HTTP/1.1 204 No Content\r\nServer: app\r\n\r\n", false);
+        let date = out
+            .strip_prefix("HTTP/1.1 204 No Content\r\nServer: app\r\ndate: ")
+            .and_then(|rest| rest.strip_suffix("\r\n\r\n"))
+            .unwrap_or_else(|| panic!("no date added: {out:?}"));
+        let received = httpdate::parse_http_date(date).expect("an HTTP date");
+        let age = std::time::SystemTime::now()
+            .duration_since(received)
+            .unwrap_or_default();
+        assert!(age.as_secs() < 60, "{date}");
     }
 }

@@ -21,7 +21,9 @@ use crate::EdgeConfig;
 use crate::body::{self, BodyTooLarge, EdgeBody, LimitedBody};
 use crate::framing::FramingVerdict;
 use crate::pages::{self, PageKind};
-use crate::routes::{Backend, Brand, Resolution, RouteKind, RouteTable, Routes, normalize_host};
+use crate::routes::{
+    Backend, Brand, Resolution, Route, RouteKind, RouteTable, Routes, normalize_host,
+};
 use crate::upstream::UpstreamPool;
 
 /// What every request handler shares, across all workers.
@@ -124,13 +126,7 @@ pub(crate) async fn handle(
         }
     };
     let brand: &Brand = &route.brand;
-    // A preview's dev server restarts all the time (file edits, crashes, reinstalls): while
-    // nothing answers, end users see the loading page that retries, not "not running".
-    let unanswered = if route.kind == RouteKind::Preview {
-        PageKind::Starting
-    } else {
-        PageKind::NotRunning
-    };
+    let unanswered = unanswered_page(route);
     let upstream = match (&route.backend, table.pick(&host).map(|(_, addr)| addr)) {
         (_, Some(addr)) => addr,
         (Backend::Starting, None) => {
@@ -253,6 +249,17 @@ pub(crate) async fn handle(
     // The downstream connection has its own version; hyper frames the answer for it.
     parts.version = Version::HTTP_11;
     Response::from_parts(parts, EdgeBody::Upstream(body))
+}
+
+/// The page for a request its route's machine did not answer. A preview's dev server
+/// restarts all the time (file edits, crashes, reinstalls): while nothing answers, end users
+/// see the loading page that retries, not "not running".
+pub(crate) fn unanswered_page(route: &Route) -> PageKind {
+    if route.kind == RouteKind::Preview {
+        PageKind::Starting
+    } else {
+        PageKind::NotRunning
+    }
 }
 
 /// The routing host: `:authority` for HTTP/2 (or `Host` if a client sent only that), and for

@@ -38,8 +38,8 @@ use self::head::{FinalHead, Framing, Plain};
 pub(crate) use self::pool::Pool;
 use crate::body::EdgeBody;
 use crate::pages::{self, PageKind};
-use crate::proxy::{Shared, Worker};
-use crate::routes::{Brand, RouteKind};
+use crate::proxy::{self, Shared, Worker};
+use crate::routes::Brand;
 
 /// Buffer space made ready before each read.
 const READ_SPACE: usize = 16 << 10;
@@ -137,16 +137,12 @@ where
         };
         let close = match exchange.run(&mut scratch).await {
             Ok(close) => close,
-            Err(Failed::BeforeAnswer(kind)) => {
-                let unanswered = if kind == PageKind::NotRunning && route.kind == RouteKind::Preview
-                {
-                    // A preview's dev server restarts all the time: end users see the
-                    // loading page that retries, not "not running".
-                    PageKind::Starting
-                } else {
-                    kind
+            Err(failed @ (Failed::Unanswered | Failed::TimedOut)) => {
+                let kind = match failed {
+                    Failed::TimedOut => PageKind::Timeout,
+                    _ => proxy::unanswered_page(route),
                 };
-                let page = page_bytes(unanswered, &route.brand, plain.accept.as_ref(), plain.close);
+                let page = page_bytes(kind, &route.brand, plain.accept.as_ref(), plain.close);
                 if io.write_all(&page).await.is_err() {
                     return Ended::Closed;
                 }
@@ -174,8 +170,10 @@ struct Scratch {
 
 /// Why an exchange ended early.
 enum Failed {
-    /// Nothing has reached the client: it gets this page.
-    BeforeAnswer(PageKind),
+    /// The machine failed before answering; nothing has reached the client.
+    Unanswered,
+    /// The machine did not answer within `upstream_response_timeout`.
+    TimedOut,
     /// The answer was cut short; only closing the connection can tell the client.
     MidAnswer,
 }
@@ -198,12 +196,12 @@ impl<IO: AsyncWrite + Unpin> Exchange<'_, IO> {
             sent = send(self.worker, self.addr, self.plain, scratch) => sent,
             () = self.timer.as_mut() => {
                 warn!(upstream = %self.addr, host = %self.plain.host, "upstream did not answer in time");
-                return Err(Failed::BeforeAnswer(PageKind::Timeout));
+                return Err(Failed::TimedOut);
             }
         };
         let (mut upstream, head) = sent.map_err(|e| {
             warn!(upstream = %self.addr, host = %self.plain.host, error = %e, "upstream failed before answering");
-            Failed::BeforeAnswer(PageKind::NotRunning)
+            Failed::Unanswered
         })?;
 
         let mut body = BodyLeft::new(head.framing);

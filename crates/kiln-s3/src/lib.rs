@@ -1,13 +1,14 @@
 //! Kiln's S3-compatible object store: the `s3s` crate speaks the protocol and checks SigV4;
 //! under it sits Kiln's own disk backend ([`ObjectStore`]) that publishes every object with
 //! one atomic rename, and a [`KeyRing`] of per-bucket key pairs, each opening only its bucket.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 mod api;
 mod body_writer;
 mod error;
 mod host;
 mod keys;
+mod mapped;
 pub mod md5;
 mod names;
 mod object_file;

@@ -65,6 +65,7 @@ async fn main() -> anyhow::Result<()> {
                 bail!("PUT answered {}: {}", answer.status(), answer.text().await?);
             }
             puts.push(started.elapsed());
+            settle(&objects).await?;
 
             // Uploads bypass the page cache, so one untimed GET brings the object into it.
             get(&http, &get_url, size).await?;
@@ -76,7 +77,6 @@ async fn main() -> anyhow::Result<()> {
             std::hint::black_box(kiln_s3::md5::digest(&body)?);
             hashes.push(started.elapsed());
 
-            settle(&objects).await?;
             let started = Instant::now();
             raw_write(&raw_dir, &body)?;
             raw_writes.push(started.elapsed());
@@ -231,8 +231,8 @@ async fn get(http: &reqwest::Client, url: &str, size: usize) -> anyhow::Result<D
 }
 
 /// Waits until the store has disposed of the objects its PUTs replaced (it does so after
-/// answering), and commits the filesystem, so the baseline that follows does not pay for
-/// freeing their blocks (this disk is mounted with `discard`).
+/// answering), and commits the filesystem, so the reads and the baseline that follow do not
+/// share the disk with freeing their blocks (this disk is mounted with `discard`).
 async fn settle(objects: &Path) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::fs::read_dir(objects)?

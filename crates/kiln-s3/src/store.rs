@@ -222,10 +222,11 @@ fn read_range(
     use futures::future::Either;
     let file = Arc::new(file);
     let whole = Arc::clone(&file);
-    // The whole range is asked of the disk at once, so a cold object streams at disk speed
-    // (smaller requests just ahead of the stream were measured at half that). On a task of
-    // its own, so the first block need not wait for the request to be queued. Only a hint
-    // (for cached pages, a no-op), so failure changes nothing.
+    // The range is asked of the disk at once. The kernel reads only the first few MiB of it
+    // (the device's read-ahead size) and the faults of the blocks read around the rest;
+    // asking for all of it in pieces, or for each block just ahead of the stream, was
+    // measured slower. On a task of its own, so the first block need not wait for the
+    // request to be queued. Only a hint (for cached pages, a no-op): failure changes nothing.
     tokio::task::spawn_blocking(move || {
         let _ = nix::fcntl::posix_fadvise(
             &*whole,

@@ -189,9 +189,9 @@ fn open_part_at(dir: &std::fs::File, number: i32) -> std::io::Result<std::fs::Fi
     Ok(std::fs::File::from(fd))
 }
 
-/// Streams bytes `start..end` of a piece. An open file starts reading at once, before the
-/// answer's head goes out; a part is opened (on the blocking pool) only once the stream
-/// reaches it.
+/// Streams bytes `start..end` of a piece. An open file is mapped and asked of the disk at
+/// once, before the answer's head goes out; a part is opened (on the blocking pool) only
+/// once the stream reaches it.
 fn stream_piece(
     piece: Piece,
     start: u64,

@@ -14,6 +14,7 @@ mod names;
 mod object_file;
 mod pending;
 mod presign;
+mod sendfile;
 mod server;
 mod stage;
 mod store;

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::KilnS3;
 use crate::host::VirtualHosts;
 use crate::keys::{BucketAccess, KeyRing};
+use crate::sendfile::SendfileStream;
 use crate::store::ObjectStore;
 
 /// The S3 endpoint of a node: one protocol service, served on as many listeners as needed
@@ -59,7 +60,7 @@ impl S3Endpoint {
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
                 let conn = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service);
+                    .serve_connection(TokioIo::new(SendfileStream::new(stream)), service);
                 let mut conn = pin!(conn);
                 tokio::select! {
                     result = conn.as_mut() => {

@@ -124,16 +124,16 @@ enum Body {
     Unread,
 }
 
-/// Bytes brought in per step when streaming an object out.
+/// Bytes read into the page cache per step when streaming an object out.
 const READ_BLOCK: usize = 1 << 20;
-/// Blocks being brought in at once while an object streams out (they cost no memory of
-/// ours: the pages are the page cache's).
-const BLOCKS_IN_FLIGHT: usize = 4;
+/// Blocks read ahead of the socket at most (they cost no memory of ours: the pages are the
+/// page cache's).
+const BLOCKS_AHEAD: usize = 4;
 
 impl OpenObject {
     /// Streams `range` of the body (the whole body when `None`) in 1 MiB blocks mapped from
-    /// its files, bringing the next blocks in on blocking threads while the current one goes
-    /// out on the socket.
+    /// its files, reading the next blocks into the page cache on blocking threads while the
+    /// current one goes out on the socket.
     pub fn into_stream(
         self,
         range: Option<Range<u64>>,
@@ -189,7 +189,7 @@ fn open_part_at(dir: &std::fs::File, number: i32) -> std::io::Result<std::fs::Fi
     Ok(std::fs::File::from(fd))
 }
 
-/// Streams bytes `start..end` of a piece. An open file is mapped and asked of the disk at
+/// Streams bytes `start..end` of a piece. An open file is mapped and its first block read at
 /// once, before the answer's head goes out; a part is opened (on the blocking pool) only
 /// once the stream reaches it.
 fn stream_piece(
@@ -212,8 +212,9 @@ fn stream_piece(
     }
 }
 
-/// Streams bytes `start..end` of a file from a mapping of them, in blocks whose pages are
-/// brought in on blocking threads ahead of the socket.
+/// Streams bytes `start..end` of a file as slices of a mapping of them, each handed out once
+/// [`read_ahead`] has read its pages into the page cache, for the connection to send from
+/// there ([`crate::sendfile`]).
 fn read_range(
     file: std::fs::File,
     start: u64,
@@ -221,42 +222,88 @@ fn read_range(
 ) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
     use futures::future::Either;
     let file = Arc::new(file);
-    let whole = Arc::clone(&file);
-    // The range is asked of the disk at once. The kernel reads only the first few MiB of it
-    // (the device's read-ahead size) and the faults of the blocks read around the rest;
-    // asking for all of it in pieces, or for each block just ahead of the stream, was
-    // measured slower. On a task of its own, so the first block need not wait for the
-    // request to be queued. Only a hint (for cached pages, a no-op): failure changes nothing.
-    tokio::task::spawn_blocking(move || {
-        let _ = nix::fcntl::posix_fadvise(
-            &*whole,
-            i64::try_from(start).unwrap_or(i64::MAX),
-            i64::try_from(end - start).unwrap_or(0),
-            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
-        );
-    });
-    let mapped = tokio::task::spawn_blocking(move || Mapped::new(&file, start, end));
-    futures::stream::once(mapped).flat_map(|mapped| {
-        match mapped.unwrap_or_else(|e| Err(std::io::Error::other(e))) {
-            Ok(mapped) => Either::Left(blocks(mapped)),
+    let (cached, ready) = tokio::sync::mpsc::channel(BLOCKS_AHEAD);
+    tokio::spawn(read_ahead(Arc::clone(&file), start, end, cached));
+    let mapped = tokio::task::spawn_blocking(move || Mapped::new(file, start, end));
+    let opened = async move {
+        match mapped
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        {
+            Ok(mapped) => Either::Left(cached_blocks(mapped, ready)),
             Err(e) => Either::Right(futures::stream::iter([Err(e)])),
         }
-    })
+    };
+    futures::stream::once(opened).flatten()
 }
 
-/// The blocks of a mapping, each one's pages brought in while those before go out.
-fn blocks(mapped: Mapped) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
-    let len = mapped.len();
-    let ranges = (0..len)
-        .step_by(READ_BLOCK)
-        .map(move |at| at..(at + READ_BLOCK).min(len));
-    futures::stream::iter(ranges)
-        .map(move |range| {
-            let mapped = mapped.clone();
-            tokio::task::spawn_blocking(move || mapped.block(range))
-        })
-        .buffered(BLOCKS_IN_FLIGHT)
-        .map(|joined| joined.map_err(std::io::Error::other))
+/// Reads bytes `start..end` of `file` into the page cache block after block, in order, the
+/// way a plain sequential read does (so the kernel's read-ahead keeps the disk busy ahead
+/// of it), and reports each block on `cached`: at most [`BLOCKS_AHEAD`] ahead of the stream,
+/// stopping at the first error or when the stream is dropped.
+async fn read_ahead(
+    file: Arc<std::fs::File>,
+    start: u64,
+    end: u64,
+    cached: tokio::sync::mpsc::Sender<std::io::Result<()>>,
+) {
+    let mut at = start;
+    while at < end {
+        let Ok(permit) = cached.reserve().await else {
+            return;
+        };
+        let len = (end - at).min(READ_BLOCK as u64);
+        let file = Arc::clone(&file);
+        let read = tokio::task::spawn_blocking(move || read_into_cache(&file, at, len))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        let failed = read.is_err();
+        permit.send(read);
+        if failed {
+            return;
+        }
+        at += len;
+    }
+}
+
+/// Reads `len` bytes of `file` at `offset` into the page cache without copying them
+/// anywhere, by sending them to `/dev/null` (blocking: this waits for the disk).
+fn read_into_cache(file: &std::fs::File, offset: u64, len: u64) -> std::io::Result<()> {
+    static NULL: std::sync::LazyLock<std::io::Result<std::fs::File>> =
+        std::sync::LazyLock::new(|| std::fs::OpenOptions::new().write(true).open("/dev/null"));
+    let null = NULL
+        .as_ref()
+        .map_err(|e| std::io::Error::new(e.kind(), format!("open /dev/null: {e}")))?;
+    let mut at = i64::try_from(offset).map_err(std::io::Error::other)?;
+    let end = at + i64::try_from(len).map_err(std::io::Error::other)?;
+    while at < end {
+        let want = usize::try_from(end - at).map_err(std::io::Error::other)?;
+        if nix::sys::sendfile::sendfile64(null, file, Some(&mut at), want)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    Ok(())
+}
+
+/// The blocks of a mapping, each handed out once [`read_ahead`] reports it read.
+fn cached_blocks(
+    mapped: Mapped,
+    ready: tokio::sync::mpsc::Receiver<std::io::Result<()>>,
+) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+    futures::stream::unfold((0, ready, mapped), |(at, mut ready, mapped)| async move {
+        let len = mapped.len();
+        if at >= len {
+            return None;
+        }
+        let block = match ready.recv().await {
+            Some(Ok(())) => Ok(mapped.slice(at..(at + READ_BLOCK).min(len))),
+            Some(Err(e)) => Err(e),
+            None => Err(std::io::Error::other("reading ahead stopped")),
+        };
+        // After an error the stream ends.
+        let next = if block.is_ok() { at + READ_BLOCK } else { len };
+        Some((block, (next, ready, mapped)))
+    })
 }
 
 /// The buckets and objects of one node.

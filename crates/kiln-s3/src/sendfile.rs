@@ -19,12 +19,13 @@ impl SendfileStream {
         SendfileStream(stream)
     }
 
-    /// Sends (some of) `len` bytes of `span` from the page cache.
+    /// Sends (some of) `bytes`, which show `span`, from the page cache; written from memory
+    /// where the file cannot be sent (a filesystem without splice support).
     fn poll_send_span(
-        &self,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         span: &FileSpan,
-        len: usize,
+        bytes: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         loop {
             ready!(self.0.poll_write_ready(cx))?;
@@ -34,15 +35,27 @@ impl SendfileStream {
                     &self.0,
                     &*span.file,
                     Some(&mut offset),
-                    len,
+                    bytes.len(),
                 )?)
             });
             match sent {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) if cannot_splice(&e) => {
+                    return Pin::new(&mut self.0).poll_write(cx, bytes);
+                }
                 sent => return Poll::Ready(sent),
             }
         }
     }
+}
+
+/// Whether `sendfile` failed because the file's filesystem cannot splice, not the disk or
+/// the socket.
+pub(crate) fn cannot_splice(e: &std::io::Error) -> bool {
+    matches!(
+        nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+        nix::errno::Errno::EINVAL | nix::errno::Errno::ENOSYS
+    )
 }
 
 impl AsyncRead for SendfileStream {
@@ -77,7 +90,7 @@ impl AsyncWrite for SendfileStream {
             .find_map(|(at, buf)| file_span(buf).map(|span| (at, span)));
         match first_span {
             None => Pin::new(&mut self.0).poll_write_vectored(cx, bufs),
-            Some((0, span)) => self.poll_send_span(cx, &span, bufs[0].len()),
+            Some((0, span)) => self.poll_send_span(cx, &span, &bufs[0]),
             Some((at, _)) => Pin::new(&mut self.0).poll_write_vectored(cx, &bufs[..at]),
         }
     }

@@ -278,8 +278,12 @@ fn read_into_cache(file: &std::fs::File, offset: u64, len: u64) -> std::io::Resu
     let end = at + i64::try_from(len).map_err(std::io::Error::other)?;
     while at < end {
         let want = usize::try_from(end - at).map_err(std::io::Error::other)?;
-        if nix::sys::sendfile::sendfile64(null, file, Some(&mut at), want)? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        match nix::sys::sendfile::sendfile64(null, file, Some(&mut at), want) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(_) => {}
+            // Then the pages come in as the bytes are sent or read.
+            Err(e) if crate::sendfile::cannot_splice(&e.into()) => return Ok(()),
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(())

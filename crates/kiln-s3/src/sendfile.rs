@@ -12,6 +12,7 @@ use tokio::net::TcpStream;
 
 use crate::mapped::{FileSpan, file_span};
 
+/// One S3 connection, served by hyper.
 pub(crate) struct SendfileStream(TcpStream);
 
 impl SendfileStream {

@@ -32,10 +32,9 @@ impl Drop for Region {
     fn drop(&mut self) {
         // Unlisted before it is unmapped, so no later mapping at this address is mistaken
         // for it.
-        let mut live = LIVE
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        live.remove(&(self.0.as_ptr() as usize));
+        LIVE.write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&(self.0.as_ptr() as usize));
     }
 }
 
@@ -60,20 +59,13 @@ impl Mapped {
         // data dir by hand could change one.
         #[allow(unsafe_code)]
         let map = unsafe { MmapOptions::new().offset(start).len(len).map(&*file)? };
-        let mut live = LIVE
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        live.insert(
-            map.as_ptr() as usize,
-            (
-                len,
-                FileSpan {
-                    file,
-                    offset: start,
-                },
-            ),
-        );
-        drop(live);
+        let span = FileSpan {
+            file,
+            offset: start,
+        };
+        LIVE.write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(map.as_ptr() as usize, (len, span));
         Ok(Mapped(Arc::new(Region(map))))
     }
 

@@ -8,7 +8,7 @@
 //! <images_dir>/<name>-<version>-<hash12>/image.json   what it was built from
 //! <images_dir>/<name>-<version>-<hash12>.lock         flock held while building
 //! <images_dir>/<name>-<version>-<hash12>.build.log    mmdebstrap's output of the last build
-//! <images_dir>/.build-<name>-<version>-<hash12>/      a build in progress (renamed when done)
+//! <images_dir>/.build-<name>-<version>-<hash12>-<pid>-<n>/  a build in progress (renamed when done)
 //! ```
 //!
 //! The rename of the finished build is the commit point, so a crash mid-build never leaves a
@@ -23,7 +23,10 @@ use std::{
     path::{Path, PathBuf},
     process::Stdio,
     str::FromStr,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use serde::{Deserialize, Serialize};
@@ -267,6 +270,24 @@ impl ImageStore {
             .cloned()
     }
 
+    /// Removes the scratch directories of earlier builds of `key` that never finished (their
+    /// process crashed or was killed). Called with the image's lock held, so none of them is
+    /// in use; one that cannot be removed yet only costs disk space, so it is logged, not fatal.
+    fn remove_abandoned_builds(&self, key: &str) {
+        let prefix = format!(".build-{key}");
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                let path = entry.path();
+                if let Err(e) = fs::remove_dir_all(&path) {
+                    tracing::warn!(dir = %path.display(), error = %e, "could not remove an abandoned image build");
+                }
+            }
+        }
+    }
+
     /// Runs mmdebstrap into a scratch directory, customises the result and renames it into
     /// place. Called with the image's lock held.
     async fn build(&self, def: &ImageDefinition, key: &str) -> Result<(), RuntimeError> {
@@ -274,11 +295,14 @@ impl ImageStore {
         if !spawn::on_path("mmdebstrap") {
             return Err(spawn::missing_program("mmdebstrap").expect("mmdebstrap is a known tool"));
         }
-        let scratch = self.dir.join(format!(".build-{key}"));
-        if scratch.exists() {
-            // Left behind by a build that crashed; we hold the lock, so nobody else uses it.
-            fs::remove_dir_all(&scratch).ctx(|| format!("remove {}", scratch.display()))?;
-        }
+        self.remove_abandoned_builds(key);
+        // A name of its own for every attempt: the tools of an abandoned build may still be
+        // writing into theirs for a moment after their owner died.
+        static ATTEMPTS: AtomicU64 = AtomicU64::new(0);
+        let attempt = ATTEMPTS.fetch_add(1, Ordering::Relaxed);
+        let scratch = self
+            .dir
+            .join(format!(".build-{key}-{}-{attempt}", std::process::id()));
         fs::create_dir_all(&scratch).ctx(|| format!("create {}", scratch.display()))?;
         let rootfs = scratch.join("rootfs");
         let log_path = self.dir.join(format!("{key}.build.log"));
@@ -302,12 +326,28 @@ impl ImageStore {
             .arg(&def.mirror)
             .env("TMPDIR", &scratch)
             .stdout(Stdio::from(log))
-            .stderr(Stdio::from(log_err))
-            .kill_on_drop(true);
-        let status = cmd
-            .status()
+            .stderr(Stdio::from(log_err));
+        // If this process dies mid-build, mmdebstrap is asked to stop too, instead of building
+        // on into a directory whose lock is gone. SIGTERM, not SIGKILL: mmdebstrap then ends
+        // the step in hand and unmounts what it mounted in the root file system.
+        // SAFETY: prctl is async-signal-safe, so it may run between fork and exec.
+        #[allow(unsafe_code)]
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| spawn::spawn_error("mmdebstrap", e, "mmdebstrap".into()))?;
+        // The same stop if this build is abandoned (its future dropped).
+        let stop_if_abandoned = child.id().map(TermOnDrop);
+        let status = child
+            .wait()
             .await
             .map_err(|e| spawn::spawn_error("mmdebstrap", e, "mmdebstrap".into()))?;
+        std::mem::forget(stop_if_abandoned);
         if !status.success() {
             return Err(RuntimeError::ImageBuild {
                 image,
@@ -333,6 +373,20 @@ impl ImageStore {
             .ctx(|| format!("rename {} to {}", scratch.display(), target.display()))?;
         tracing::info!(%image, elapsed = ?started.elapsed(), dir = %target.display(), "image built");
         Ok(())
+    }
+}
+
+/// Sends SIGTERM to a process when dropped; forgotten once the process has been waited for.
+struct TermOnDrop(u32);
+
+impl Drop for TermOnDrop {
+    fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.0) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
     }
 }
 
@@ -423,6 +477,39 @@ fn verify_rootfs(def: &ImageDefinition, rootfs: &Path) -> Result<(), RuntimeErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn abandoned_builds_of_the_image_are_removed_and_nothing_else() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store = ImageStore::new(dir.path());
+        let key = "default-1-0123456789ab";
+        for abandoned in [
+            format!(".build-{key}"),
+            format!(".build-{key}-4242-0"),
+            format!(".build-{key}-4242-1"),
+        ] {
+            fs::create_dir_all(dir.path().join(abandoned).join("rootfs/var/cache"))?;
+        }
+        let kept = [
+            key.to_owned(),
+            format!("{key}.lock"),
+            ".build-other-1-0123456789ab-7-0".to_owned(),
+        ];
+        for name in &kept {
+            fs::create_dir_all(dir.path().join(name))?;
+        }
+
+        store.remove_abandoned_builds(key);
+
+        let mut left: Vec<String> = fs::read_dir(dir.path())?
+            .map(|entry| entry.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect::<Result<_, _>>()?;
+        left.sort();
+        let mut expected = kept.to_vec();
+        expected.sort();
+        assert_eq!(left, expected);
+        Ok(())
+    }
 
     #[test]
     fn shipped_definitions_parse() {

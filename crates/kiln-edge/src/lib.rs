@@ -22,6 +22,7 @@
 
 #![forbid(unsafe_code)]
 
+mod balance;
 mod body;
 mod framing;
 pub mod pages;

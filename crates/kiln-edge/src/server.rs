@@ -17,13 +17,14 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::EdgeError;
+use crate::balance::{Balance, Handed, Live, Placed};
 use crate::framing::{FramingScanner, FramingVerdict};
 use crate::proxy::{self, ConnInfo, Shared, Worker};
 use crate::relay;
@@ -84,12 +85,18 @@ pub(crate) async fn serve(
     let _drain_on_drop = stop.drain.clone().drop_guard();
 
     // Each worker accepts on its own duplicate of the listening socket, registered with its own
-    // runtime; the kernel hands each new connection to one of them, and a busy worker simply
-    // accepts less.
+    // runtime; the kernel hands each new connection to one of them, and the balance moves it
+    // to a worker with fewer connections if there is one.
     let listener = listener.into_std().map_err(EdgeError::Listener)?;
+    let (balance, inboxes) = Balance::new(shared.config.workers.max(1));
     let mut exited = Vec::new();
-    for index in 0..shared.config.workers.max(1) {
+    for (index, inbox) in inboxes.into_iter().enumerate() {
         let listener = listener.try_clone().map_err(EdgeError::Listener)?;
+        let place = Place {
+            balance: Arc::clone(&balance),
+            index,
+            inbox,
+        };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -99,7 +106,7 @@ pub(crate) async fn serve(
         std::thread::Builder::new()
             .name(format!("edge-worker-{index}"))
             .spawn(move || {
-                runtime.block_on(worker(shared, protocols, listener, stop));
+                runtime.block_on(worker(shared, protocols, listener, place, stop));
                 let _ = done.send(());
             })
             .map_err(EdgeError::Worker)?;
@@ -127,12 +134,21 @@ pub(crate) async fn serve(
     Ok(())
 }
 
+/// A worker's place among the others.
+struct Place {
+    balance: Arc<Balance>,
+    index: usize,
+    /// Connections other workers accepted for this one.
+    inbox: mpsc::UnboundedReceiver<Handed>,
+}
+
 /// One worker: accepts and serves connections on its own single-threaded runtime until
 /// shutdown, then waits for its connections to drain.
 async fn worker(
     shared: Arc<Shared>,
     protocols: Arc<Protocols>,
     listener: std::net::TcpListener,
+    mut place: Place,
     stop: Stop,
 ) {
     let listener = match TcpListener::from_std(listener) {
@@ -151,6 +167,20 @@ async fn worker(
         tasks: TaskTracker::new(),
         stopping: stop.drain.clone(),
     });
+    let serve = |stream: TcpStream, remote: SocketAddr, live: Live| {
+        let connection = serve_connection(
+            Arc::clone(&shared),
+            Arc::clone(&protocols),
+            Arc::clone(&worker),
+            stream,
+            remote,
+            stop.clone(),
+        );
+        worker.tasks.spawn(async move {
+            connection.await;
+            drop(live);
+        });
+    };
     let mut sweep = tokio::time::interval(proxy::UPSTREAM_IDLE_TIMEOUT / 3);
     loop {
         tokio::select! {
@@ -160,18 +190,21 @@ async fn worker(
                 worker.upstream.sweep();
                 worker.relay.sweep();
             }
+            Some(handed) = place.inbox.recv() => match TcpStream::from_std(handed.stream) {
+                Ok(stream) => serve(stream, handed.remote, handed.live),
+                Err(e) => warn!(error = %e, "could not take over a connection from another worker"),
+            },
             accepted = listener.accept() => match accepted {
                 Ok((stream, remote)) => {
                     // Small answers should leave at once, not wait for Nagle.
                     let _ = stream.set_nodelay(true);
-                    worker.tasks.spawn(serve_connection(
-                        Arc::clone(&shared),
-                        Arc::clone(&protocols),
-                        Arc::clone(&worker),
-                        stream,
-                        remote,
-                        stop.clone(),
-                    ));
+                    match place.balance.place(place.index) {
+                        Placed::Here(live) => serve(stream, remote, live),
+                        Placed::There(to, live) => match stream.into_std() {
+                            Ok(stream) => place.balance.hand_over(to, Handed { stream, remote, live }),
+                            Err(e) => warn!(error = %e, "could not hand a connection to another worker"),
+                        },
+                    }
                 }
                 Err(e) => {
                     // Accept errors are about one connection or a passing shortage (EMFILE);

@@ -465,6 +465,37 @@ async fn routes_by_host_ignoring_port_case_and_trailing_dot() {
 }
 
 #[tokio::test]
+async fn a_burst_of_connections_is_served_whichever_worker_takes_each() {
+    // The burst lands unevenly on the workers, so some connections are handed between them.
+    let f = Fixture::with_config(EdgeConfig {
+        workers: 4,
+        ..test_config()
+    })
+    .await;
+    let mut streams = Vec::new();
+    for _ in 0..24 {
+        streams.push(TcpStream::connect(f.edge).await.expect("connect"));
+    }
+    let answers = futures::future::join_all(streams.into_iter().map(|mut stream| async move {
+        stream
+            .write_all(b"GET /hello HTTP/1.1\r\nHost: app.clinic.test\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("send");
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+            .await
+            .expect("answered in time")
+            .expect("read");
+        String::from_utf8_lossy(&answer).into_owned()
+    }))
+    .await;
+    for answer in answers {
+        assert_eq!(status_of(&answer), 200, "{answer}");
+        assert!(answer.ends_with("hello from clinic-app"), "{answer}");
+    }
+}
+
+#[tokio::test]
 async fn forwards_x_forwarded_headers_and_strips_hop_by_hop_both_ways() {
     let f = Fixture::start().await;
     // A `Connection` header naming another header sends the request through hyper; without

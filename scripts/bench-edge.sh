@@ -3,7 +3,8 @@
 # body) on loopback, measured in one run with `wrk -t1 -c32 -d8s`. wrk shares the cores with
 # the proxies, so compare the ratios printed here, not absolute figures across runs. Caddy runs
 # twice: as installed (all cores) and held to one (GOMAXPROCS=1), like nginx's one worker and the
-# 1-thread edge. Each row also gives the CPU time its proxy spent per request.
+# 1-thread edge. The 2-thread edge also runs with each worker pinned to a core
+# (`KILN_EDGE_PIN_WORKERS`). Each row also gives the CPU time its proxy spent per request.
 # Then one more run of the 2-thread edge while a brand-new 1,001-route table is published
 # BENCH_CHURN times a second (`kiln-edge-bench --churn`): its figures, failed requests and the
 # achieved publish rate are printed beside the plain run's, and the script exits non-zero if any
@@ -92,6 +93,10 @@ upstream="$(addr_of "$tmp/upstream.out" upstream)"
 pids+=($!)
 edge2_pid=$!
 edge2="$(addr_of "$tmp/edge2.out" edge)"
+"$bench_bin" --edge-threads 2 --pin --upstream "$upstream" >"$tmp/edge2p.out" 2>"$tmp/edge2p.err" &
+pids+=($!)
+edge2p_pid=$!
+edge2p="$(addr_of "$tmp/edge2p.out" edge)"
 "$bench_bin" --edge-threads 1 --upstream "$upstream" >"$tmp/edge1.out" 2>"$tmp/edge1.err" &
 pids+=($!)
 edge1_pid=$!
@@ -160,7 +165,7 @@ wait_http() { # url
     tail -n 5 "$tmp"/*.err "$tmp"/nginx/error.log "$tmp"/caddy/log >&2 || true
     exit 1
 }
-for url in "http://$upstream/" "http://$edge2/" "http://$edge1/" \
+for url in "http://$upstream/" "http://$edge2/" "http://$edge2p/" "http://$edge1/" \
     "http://127.0.0.1:$nginx_port/" "http://127.0.0.1:$caddy_port/" \
     "http://127.0.0.1:$caddy1_port/"; do
     wait_http "$url"
@@ -220,11 +225,12 @@ run() { # name url pid…
     p99[$1]+=" $(to_ms "$(awk '$1 == "99%" { print $2 }' <<<"$out")")"
     fails[$1]+="$(failures "$out");"
 }
-names=("upstream direct" "kiln edge, 2 thr" "kiln edge, 1 thr" "nginx, 1 worker" "caddy"
-    "caddy, 1 proc")
-urls=("http://$upstream/" "http://$edge2/" "http://$edge1/" "http://127.0.0.1:$nginx_port/"
-    "http://127.0.0.1:$caddy_port/" "http://127.0.0.1:$caddy1_port/")
-procs=("$upstream_pid" "$edge2_pid" "$edge1_pid" "$nginx_workers" "$caddy_pid" "$caddy1_pid")
+names=("upstream direct" "kiln edge, 2 thr" "kiln 2 thr, pinned" "kiln edge, 1 thr"
+    "nginx, 1 worker" "caddy" "caddy, 1 proc")
+urls=("http://$upstream/" "http://$edge2/" "http://$edge2p/" "http://$edge1/"
+    "http://127.0.0.1:$nginx_port/" "http://127.0.0.1:$caddy_port/" "http://127.0.0.1:$caddy1_port/")
+procs=("$upstream_pid" "$edge2_pid" "$edge2p_pid" "$edge1_pid" "$nginx_workers" "$caddy_pid"
+    "$caddy1_pid")
 for round in $(seq "$rounds"); do
     echo "round $round of $rounds" >&2
     for i in "${!names[@]}"; do
@@ -245,12 +251,12 @@ echo
 echo "wrk -t1 -c$connections -d$duration, 13-byte body, loopback, $(nproc) cores shared with wrk;"
 echo "median of $rounds interleaved rounds"
 echo
-printf '| %-16s | %8s | %8s | %8s | %11s | %9s | %9s | %11s |\n' target req/s "p50 ms" "p99 ms" \
+printf '| %-18s | %8s | %8s | %8s | %11s | %9s | %9s | %11s |\n' target req/s "p50 ms" "p99 ms" \
     "CPU us/req" "/ nginx" "/ caddy" "/ caddy 1p"
-printf '|%s|%s|%s|%s|%s|%s|%s|%s|\n' ------------------ ---------- ---------- ---------- \
+printf '|%s|%s|%s|%s|%s|%s|%s|%s|\n' -------------------- ---------- ---------- ---------- \
     ------------- ----------- ----------- -------------
 for name in "${names[@]}"; do
-    printf '| %-16s | %8s | %8s | %8s | %11s | %9s | %9s | %11s |\n' "$name" "${rps[$name]}" \
+    printf '| %-18s | %8s | %8s | %8s | %11s | %9s | %9s | %11s |\n' "$name" "${rps[$name]}" \
         "${p50[$name]}" "${p99[$name]}" "${cpu[$name]}" \
         "$(ratio "${rps[$name]}" "${rps[nginx, 1 worker]}")" \
         "$(ratio "${rps[$name]}" "${rps[caddy]}")" "$(ratio "${rps[$name]}" "${rps[caddy, 1 proc]}")"
@@ -292,18 +298,18 @@ echo
 echo "under route churn: a new $((1000 + 1))-route table published through the edge's Routes handle"
 echo "$churn_rate times/s; wrk -t1 -c$connections -d$duration, one run (plain kiln rows from above)"
 echo
-printf '| %-17s | %8s | %8s | %8s | %8s | %8s |\n' target req/s "p50 ms" "p99 ms" failed "tables/s"
-printf '|%s|%s|%s|%s|%s|%s|\n' ------------------- ---------- ---------- ---------- ---------- ----------
+printf '| %-18s | %8s | %8s | %8s | %8s | %8s |\n' target req/s "p50 ms" "p99 ms" failed "tables/s"
+printf '|%s|%s|%s|%s|%s|%s|\n' -------------------- ---------- ---------- ---------- ---------- ----------
 breakdown=()
 churn_failed=0
-for name in "kiln edge, 2 thr" "kiln edge, 1 thr" "$churn_name"; do
+for name in "kiln edge, 2 thr" "kiln 2 thr, pinned" "kiln edge, 1 thr" "$churn_name"; do
     read -r total bad connect readerr writeerr timeout <<<"$(sum_failures <<<"${fails[$name]}")"
     tables="-"
     if [[ "$name" == "$churn_name" ]]; then
         churn_failed=$((total + ${warmup_fails[$name]}))
         tables="$churn_achieved"
     fi
-    printf '| %-17s | %8s | %8s | %8s | %8s | %8s |\n' "$name" \
+    printf '| %-18s | %8s | %8s | %8s | %8s | %8s |\n' "$name" \
         "$(median <<<"${rps[$name]}")" "$(median <<<"${p50[$name]}")" \
         "$(median <<<"${p99[$name]}")" "$total" "$tables"
     breakdown+=("$name: $total (non-2xx/3xx $bad; socket errors: connect $connect, read $readerr, write $writeerr, timeout $timeout; ${warmup_fails[$name]} more in warm-ups)")

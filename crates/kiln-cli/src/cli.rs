@@ -32,6 +32,9 @@ pub enum Command {
         /// Address end users connect to.
         #[arg(long, env = "KILN_EDGE_HTTP_ADDR", default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
+        /// Pin each worker thread to its own CPU (for a node that runs the edge alone).
+        #[arg(long, env = "KILN_EDGE_PIN_WORKERS")]
+        pin_workers: bool,
     },
     /// Remember an API URL and token for later commands.
     Login {

@@ -15,8 +15,9 @@ const POLL_WAIT_S: u64 = 30;
 /// Longest pause between retries when the API does not answer.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
-/// Serves end users on `listen` until SIGINT or SIGTERM.
-pub async fn run(client: Client, listen: SocketAddr) -> anyhow::Result<()> {
+/// Serves end users on `listen` until SIGINT or SIGTERM; `pin_workers` pins each worker
+/// thread to its own CPU.
+pub async fn run(client: Client, listen: SocketAddr, pin_workers: bool) -> anyhow::Result<()> {
     crate::logging::init();
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -30,7 +31,11 @@ pub async fn run(client: Client, listen: SocketAddr) -> anyhow::Result<()> {
         crate::logging::shutdown_signal().await;
         stop.cancel();
     });
-    Edge::new(EdgeConfig::default(), routes)
+    let config = EdgeConfig {
+        pin_workers,
+        ..EdgeConfig::default()
+    };
+    Edge::new(config, routes)
         .serve(listener, async move { shutdown.cancelled().await })
         .await
         .context("serve the edge")

@@ -18,6 +18,8 @@ pub struct RawConfig {
     pub edge_http_addr: Option<String>,
     /// Edge HTTPS listen address.
     pub edge_https_addr: Option<String>,
+    /// Pin each edge worker thread to its own CPU.
+    pub edge_pin_workers: Option<bool>,
     /// S3-compatible endpoint listen address.
     pub s3_addr: Option<String>,
     /// The S3 URL handed to clients (presigned URLs), when not `http://{s3_addr}`.
@@ -100,6 +102,8 @@ pub struct Config {
     pub edge_http_addr: SocketAddr,
     /// Edge HTTPS listen address.
     pub edge_https_addr: SocketAddr,
+    /// Pin each edge worker thread to its own CPU (for a node that runs the edge alone).
+    pub edge_pin_workers: bool,
     /// S3 endpoint listen address.
     pub s3_addr: SocketAddr,
     /// The S3 URL handed to clients; `None` means `http://{s3_addr}`.
@@ -260,6 +264,10 @@ impl Config {
             Some(v) => parse_bool("KILN_NETWORK_EGRESS", &v)?,
             None => raw.network.egress.unwrap_or(true),
         };
+        let edge_pin_workers = match env("KILN_EDGE_PIN_WORKERS") {
+            Some(v) => parse_bool("KILN_EDGE_PIN_WORKERS", &v)?,
+            None => raw.edge_pin_workers.unwrap_or(false),
+        };
         let vm_workspace_mib = match env("KILN_VM_WORKSPACE_MIB") {
             Some(v) => v.parse::<u64>().map_err(|_| ConfigError::Invalid {
                 name: "KILN_VM_WORKSPACE_MIB",
@@ -286,6 +294,7 @@ impl Config {
                 raw.edge_https_addr,
                 "127.0.0.1:8443",
             )?,
+            edge_pin_workers,
             s3_addr: addr("KILN_S3_ADDR", raw.s3_addr, "127.0.0.1:7090")?,
             s3_public_url: env("KILN_S3_PUBLIC_URL").or(raw.s3_public_url),
             base_domain,

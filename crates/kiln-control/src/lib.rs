@@ -235,6 +235,7 @@ async fn log_request(
 fn edge_config(config: &Config) -> kiln_edge::EdgeConfig {
     kiln_edge::EdgeConfig {
         max_request_body: config.max_file_bytes,
+        pin_workers: config.edge_pin_workers,
         ..kiln_edge::EdgeConfig::default()
     }
 }

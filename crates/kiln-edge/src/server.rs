@@ -24,6 +24,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::EdgeError;
+use crate::affinity;
 use crate::balance::{Balance, Handed, Live, Placed};
 use crate::framing::{FramingScanner, FramingVerdict};
 use crate::proxy::{self, ConnInfo, Shared, Worker};
@@ -89,8 +90,14 @@ pub(crate) async fn serve(
     // to a worker with fewer connections if there is one.
     let listener = listener.into_std().map_err(EdgeError::Listener)?;
     let (balance, inboxes) = Balance::new(shared.config.workers.max(1));
+    let cpus = if shared.config.pin_workers {
+        affinity::allowed_cpus()
+    } else {
+        Vec::new()
+    };
     let mut exited = Vec::new();
     for (index, inbox) in inboxes.into_iter().enumerate() {
+        let cpu = (!cpus.is_empty()).then(|| cpus[index % cpus.len()]);
         let listener = listener.try_clone().map_err(EdgeError::Listener)?;
         let place = Place {
             balance: Arc::clone(&balance),
@@ -106,6 +113,9 @@ pub(crate) async fn serve(
         std::thread::Builder::new()
             .name(format!("edge-worker-{index}"))
             .spawn(move || {
+                if let Some(cpu) = cpu {
+                    affinity::pin_current_thread(cpu);
+                }
                 runtime.block_on(worker(shared, protocols, listener, place, stop));
                 let _ = done.send(());
             })

@@ -464,6 +464,76 @@ async fn routes_by_host_ignoring_port_case_and_trailing_dot() {
     assert_eq!(f.app.last().headers["host"], vec!["App.Clinic.Test.:80"]);
 }
 
+/// The CPU list each thread of this process named `name` may run on, as `/proc` gives it.
+fn cpus_of_threads_named(name: &str) -> Vec<String> {
+    let mut lists = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").expect("tasks") {
+        let dir = task.expect("task").path();
+        let Ok(comm) = std::fs::read_to_string(dir.join("comm")) else {
+            continue; // ended meanwhile
+        };
+        if comm.trim_end() != name {
+            continue;
+        }
+        let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
+        if let Some(list) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        {
+            lists.push(list.trim().to_owned());
+        }
+    }
+    lists
+}
+
+#[tokio::test]
+async fn pinned_workers_each_keep_to_one_cpu_and_serve() {
+    let mut f = Fixture::with_config(EdgeConfig {
+        workers: 2,
+        pin_workers: true,
+        ..test_config()
+    })
+    .await;
+    let response = get(&f, "app.clinic.test", "/hello").await;
+    assert_eq!(
+        response.text().await.expect("body"),
+        "hello from clinic-app"
+    );
+    let allowed: Vec<String> = std::fs::read_to_string("/proc/self/status")
+        .expect("status")
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(|list| expand_cpu_list(list.trim()))
+        .expect("the process's CPU list");
+    // Other tests run edges of their own in this process; theirs are not pinned.
+    for (index, cpu) in allowed.iter().take(2).enumerate() {
+        let lists = cpus_of_threads_named(&format!("edge-worker-{index}"));
+        assert!(
+            lists.contains(cpu),
+            "edge-worker-{index} should be pinned to CPU {cpu}; threads so named run on {lists:?}"
+        );
+    }
+    f.stop().await.expect("clean shutdown");
+}
+
+/// "0-2,5" → ["0", "1", "2", "5"].
+fn expand_cpu_list(list: &str) -> Vec<String> {
+    let mut cpus = Vec::new();
+    for part in list.split(',') {
+        match part.split_once('-') {
+            Some((first, last)) => {
+                let (first, last): (u32, u32) = (
+                    first.parse().expect("cpu number"),
+                    last.parse().expect("cpu number"),
+                );
+                cpus.extend((first..=last).map(|cpu| cpu.to_string()));
+            }
+            None => cpus.push(part.to_owned()),
+        }
+    }
+    cpus
+}
+
 #[tokio::test]
 async fn a_burst_of_connections_is_served_whichever_worker_takes_each() {
     // The burst lands unevenly on the workers, so some connections are handed between them.

@@ -4,9 +4,10 @@
 //! script (`scripts/bench-edge.sh`) can drive it with `wrk` beside nginx and caddy. The
 //! upstream and the edge run on separate threads, like separate processes would.
 //!
-//! Options: `--edge-threads N` (edge workers, default 2), `--upstream ADDR` (use a running upstream instead
-//! of starting one), `--host NAME` (the routed host, default `bench.test`), `--churn N` (publish a
-//! brand-new route table N times per second while serving, see [`churn`]; default 0, off).
+//! Options: `--edge-threads N` (edge workers, default 2), `--pin` (pin each worker to a CPU),
+//! `--upstream ADDR` (use a running upstream instead of starting one), `--host NAME` (the routed
+//! host, default `bench.test`), `--churn N` (publish a brand-new route table N times per second
+//! while serving, see [`churn`]; default 0, off).
 
 #![forbid(unsafe_code)]
 
@@ -32,6 +33,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 struct Options {
     edge_threads: usize,
+    pin: bool,
     upstream: Option<SocketAddr>,
     host: String,
     churn: u32,
@@ -40,6 +42,7 @@ struct Options {
 fn parse_options() -> Result<Options, Box<dyn Error>> {
     let mut options = Options {
         edge_threads: 2,
+        pin: false,
         upstream: None,
         host: "bench.test".to_owned(),
         churn: 0,
@@ -49,6 +52,7 @@ fn parse_options() -> Result<Options, Box<dyn Error>> {
         let mut value = || args.next().ok_or_else(|| format!("{arg} needs a value"));
         match arg.as_str() {
             "--edge-threads" => options.edge_threads = value()?.parse()?,
+            "--pin" => options.pin = true,
             "--upstream" => options.upstream = Some(value()?.parse()?),
             "--host" => options.host = value()?,
             "--churn" => options.churn = value()?.parse()?,
@@ -66,16 +70,10 @@ fn main() -> Result<(), Box<dyn Error>> {
         None => start_upstream()?,
     };
 
-    let runtime = if std::env::var_os("EDGE_CT").is_some() {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(options.edge_threads.max(1))
-            .enable_all()
-            .build()?
-    };
+    // The edge runs its workers on threads of their own; this runtime only waits for the end.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let brand = Arc::new(Brand {
         name: "Bench".to_owned(),
         ..Brand::default()
@@ -113,6 +111,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         }
         let config = EdgeConfig {
             workers: options.edge_threads,
+            pin_workers: options.pin,
             ..EdgeConfig::default()
         };
         let edge = Edge::new(config, routes);

@@ -313,41 +313,44 @@ impl ImageStore {
 
         tracing::info!(%image, dir = %scratch.display(), "building image with mmdebstrap");
         let started = std::time::Instant::now();
-        let mut cmd = tokio::process::Command::from(spawn::command("mmdebstrap"));
-        cmd.arg(format!("--variant={}", def.variant))
-            .arg(format!("--include={}", def.packages.join(",")))
-            // Documentation and man pages are dead weight in a machine image; copyright files
-            // stay for license compliance.
-            .arg("--dpkgopt=path-exclude=/usr/share/man/*")
-            .arg("--dpkgopt=path-exclude=/usr/share/doc/*")
-            .arg("--dpkgopt=path-include=/usr/share/doc/*/copyright")
-            .arg(&def.suite)
-            .arg(&rootfs)
-            .arg(&def.mirror)
-            .env("TMPDIR", &scratch)
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(log_err));
-        // If this process dies mid-build, mmdebstrap is asked to stop too, instead of building
-        // on into a directory whose lock is gone. SIGTERM, not SIGKILL: mmdebstrap then ends
-        // the step in hand and unmounts what it mounted in the root file system.
+        // mmdebstrap runs in PID and mount namespaces of its own, and dies (with everything
+        // it started, and its mounts) when this process does or the build is abandoned.
+        // Otherwise its helpers (apt, dpkg) build on into a directory whose lock is gone.
+        let mut cmd = tokio::process::Command::from(spawn::command("unshare"));
+        cmd.args([
+            "--mount",
+            "--pid",
+            "--fork",
+            "--kill-child=SIGKILL",
+            "--",
+            "mmdebstrap",
+        ])
+        .arg(format!("--variant={}", def.variant))
+        .arg(format!("--include={}", def.packages.join(",")))
+        // Documentation and man pages are dead weight in a machine image; copyright files
+        // stay for license compliance.
+        .arg("--dpkgopt=path-exclude=/usr/share/man/*")
+        .arg("--dpkgopt=path-exclude=/usr/share/doc/*")
+        .arg("--dpkgopt=path-include=/usr/share/doc/*/copyright")
+        .arg(&def.suite)
+        .arg(&rootfs)
+        .arg(&def.mirror)
+        .env("TMPDIR", &scratch)
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(log_err))
+        .kill_on_drop(true);
         // SAFETY: prctl is async-signal-safe, so it may run between fork and exec.
         #[allow(unsafe_code)]
         unsafe {
             cmd.pre_exec(|| {
-                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
                     .map_err(std::io::Error::from)
             });
         }
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| spawn::spawn_error("mmdebstrap", e, "mmdebstrap".into()))?;
-        // The same stop if this build is abandoned (its future dropped).
-        let stop_if_abandoned = child.id().map(TermOnDrop);
-        let status = child
-            .wait()
+        let status = cmd
+            .status()
             .await
-            .map_err(|e| spawn::spawn_error("mmdebstrap", e, "mmdebstrap".into()))?;
-        std::mem::forget(stop_if_abandoned);
+            .map_err(|e| spawn::spawn_error("unshare", e, "mmdebstrap".into()))?;
         if !status.success() {
             return Err(RuntimeError::ImageBuild {
                 image,
@@ -371,22 +374,10 @@ impl ImageStore {
         let target = self.dir.join(key);
         fs::rename(&scratch, &target)
             .ctx(|| format!("rename {} to {}", scratch.display(), target.display()))?;
+        // An abandoned build whose tools were still dying when this one began is gone by now.
+        self.remove_abandoned_builds(key);
         tracing::info!(%image, elapsed = ?started.elapsed(), dir = %target.display(), "image built");
         Ok(())
-    }
-}
-
-/// Sends SIGTERM to a process when dropped; forgotten once the process has been waited for.
-struct TermOnDrop(u32);
-
-impl Drop for TermOnDrop {
-    fn drop(&mut self) {
-        if let Ok(pid) = i32::try_from(self.0) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
     }
 }
 

@@ -17,23 +17,25 @@
 //! end found as it passes, not re-encoded), or until the machine closes.
 
 mod chunked;
+mod deadline;
 mod head;
 mod pool;
 
 use std::io;
 use std::net::SocketAddr;
-use std::pin::{Pin, pin};
+use std::pin::pin;
 use std::time::SystemTime;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderValue};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use self::chunked::ChunkedEnd;
+use self::deadline::Deadline;
 use self::head::{FinalHead, Framing, Plain};
 pub(crate) use self::pool::Pool;
 use crate::body::EdgeBody;
@@ -77,9 +79,9 @@ where
         answer: BytesMut::new(),
         out: Vec::new(),
     };
-    // Made once per connection and re-armed per request: cheaper than a timer per wait.
-    let mut head_timer = pin!(tokio::time::sleep(config.header_read_timeout));
-    let mut answer_timer = pin!(tokio::time::sleep(config.upstream_response_timeout));
+    // Made once per connection and moved per request: cheaper than a timer per wait.
+    let mut head_deadline = Deadline::new(Instant::now() + config.header_read_timeout);
+    let mut answer_deadline = Deadline::new(Instant::now() + config.upstream_response_timeout);
     let mut drained = pin!(drain.cancelled());
 
     loop {
@@ -99,24 +101,24 @@ where
                 head::Request::PartialHead | head::Request::PartialBody => {}
             }
             if !timer_armed {
-                head_timer
-                    .as_mut()
-                    .reset(Instant::now() + config.header_read_timeout);
+                head_deadline.set(Instant::now() + config.header_read_timeout);
                 timer_armed = true;
             }
             buf.reserve(READ_SPACE);
             let idle = buf.is_empty();
+            // Bytes that are already there are taken first: the other two are only looked at
+            // when the connection has to wait.
             tokio::select! {
                 biased;
-                () = &mut drained, if idle => return Ended::Closed,
-                () = &mut head_timer => {
-                    debug!(%remote, "no complete request within the header read timeout");
-                    return Ended::Closed;
-                }
                 read = io.read_buf(&mut buf) => match read {
                     Ok(0) | Err(_) => return Ended::Closed,
                     Ok(_) => {}
                 },
+                () = &mut drained, if idle => return Ended::Closed,
+                () = head_deadline.passed() => {
+                    debug!(%remote, "no complete request within the header read timeout");
+                    return Ended::Closed;
+                }
             }
         };
 
@@ -125,15 +127,13 @@ where
             // No machine to relay to: hyper answers with the right page.
             return Ended::HandOver(buf.freeze());
         };
-        answer_timer
-            .as_mut()
-            .reset(Instant::now() + config.upstream_response_timeout);
+        answer_deadline.set(Instant::now() + config.upstream_response_timeout);
         let exchange = Exchange {
             io: &mut *io,
             worker,
             addr,
             plain: &plain,
-            timer: answer_timer.as_mut(),
+            deadline: &mut answer_deadline,
         };
         let close = match exchange.run(&mut scratch).await {
             Ok(close) => close,
@@ -184,17 +184,17 @@ struct Exchange<'a, IO> {
     worker: &'a Worker,
     addr: SocketAddr,
     plain: &'a Plain,
-    /// Runs out `upstream_response_timeout` after the request set off.
-    timer: Pin<&'a mut Sleep>,
+    /// Passes `upstream_response_timeout` after the request set off.
+    deadline: &'a mut Deadline,
 }
 
 impl<IO: AsyncWrite + Unpin> Exchange<'_, IO> {
     /// Relays the request and its answer; `Ok(true)` when the connection must close after.
-    async fn run(mut self, scratch: &mut Scratch) -> Result<bool, Failed> {
+    async fn run(self, scratch: &mut Scratch) -> Result<bool, Failed> {
         let sent = tokio::select! {
             biased;
             sent = send(self.worker, self.addr, self.plain, scratch) => sent,
-            () = self.timer.as_mut() => {
+            () = self.deadline.passed() => {
                 warn!(upstream = %self.addr, host = %self.plain.host, "upstream did not answer in time");
                 return Err(Failed::TimedOut);
             }

@@ -7,6 +7,7 @@ mod api;
 mod body_writer;
 mod error;
 mod host;
+mod key_index;
 mod keys;
 mod mapped;
 pub mod md5;

@@ -9,7 +9,7 @@
 //! `.retired-<id>-<unix secs>`: a GET still streaming it holds the directory open and reads
 //! on, and the hourly sweep removes it later.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Seek, SeekFrom};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -21,6 +21,7 @@ use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ObjectStoreError, io_err};
+use crate::key_index::{self, KeyIndex, Lookup};
 use crate::mapped::Mapped;
 use crate::names::{file_name_to_key, is_hashed_name, key_to_file_name, validate_bucket_name};
 use crate::object_file::{
@@ -314,6 +315,8 @@ fn cached_blocks(
 #[derive(Clone, Debug)]
 pub struct ObjectStore {
     root: PathBuf,
+    /// Shared by every clone: they are one store.
+    keys: Arc<KeyIndex>,
 }
 
 impl ObjectStore {
@@ -326,7 +329,10 @@ impl ObjectStore {
                 .await
                 .map_err(io_err("create", &dir))?;
         }
-        let store = ObjectStore { root };
+        let store = ObjectStore {
+            root,
+            keys: Arc::default(),
+        };
         store.sweep().await?;
         Ok(store)
     }
@@ -422,6 +428,7 @@ impl ObjectStore {
         tokio::fs::rename(&staging, &target)
             .await
             .map_err(io_err("rename", &target))?;
+        self.keys.forget(bucket);
         sync_dir(&self.root.join("buckets")).await
     }
 
@@ -436,6 +443,7 @@ impl ObjectStore {
         tokio::fs::rename(self.bucket_dir(bucket), &doomed)
             .await
             .map_err(io_err("rename", &doomed))?;
+        self.keys.forget(bucket);
         sync_dir(&self.root.join("buckets")).await?;
         tokio::fs::remove_dir_all(&doomed)
             .await
@@ -458,7 +466,20 @@ impl ObjectStore {
         let mut pending = PendingFile::new(&dir, Hashing::Md5);
         // The bucket is looked up while the body starts streaming: a missing one ends both.
         tokio::try_join!(self.objects_dir(bucket), fill(&mut pending, body))?;
-        publish_object(pending, &dir, key, options).await
+        let published = publish_object(pending, &dir, key, options).await;
+        self.note_write(bucket, key, &published);
+        published
+    }
+
+    /// Tells the key index how a write of `key` ended.
+    fn note_write<T>(&self, bucket: &str, key: &str, outcome: &Result<T, ObjectStoreError>) {
+        match outcome {
+            Ok(_) => self.keys.put(bucket, key),
+            // Refused before anything was published: nothing changed.
+            Err(ObjectStoreError::BadDigest | ObjectStoreError::NoSuchBucket(_)) => {}
+            // It may have failed after its rename, so the key may be there or not.
+            Err(_) => self.keys.forget(bucket),
+        }
     }
 
     /// Copies an object within its bucket into a new, independently published object: the
@@ -487,7 +508,9 @@ impl ObjectStore {
             metadata: source_meta.metadata,
             content_md5: None,
         });
-        publish_object(pending, &dir, target, options).await
+        let published = publish_object(pending, &dir, target, options).await;
+        self.note_write(bucket, target, &published);
+        published
     }
 
     /// Opens an object for reading.
@@ -557,6 +580,7 @@ impl ObjectStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(io_err("remove", &path)(e)),
         }
+        self.keys.delete(bucket, key);
         sync_dir(&dir).await?;
         tokio::task::spawn_blocking(move || retire(&unnamed))
             .await
@@ -565,59 +589,40 @@ impl ObjectStore {
 
     /// One page of the bucket's keys in order, rolled up by the delimiter.
     ///
-    /// Every call reads the bucket's directory; object metadata is read only for the
-    /// objects on the page.
+    /// The keys come from the key index, read from the bucket's directory by the first listing
+    /// after the store opens; object metadata is read only for the objects on the page.
     pub async fn list_objects(
         &self,
         bucket: &str,
         query: ListQuery<'_>,
     ) -> Result<Listing, ObjectStoreError> {
         let dir = self.objects_dir(bucket).await?;
-        let keys = all_keys(&dir).await?;
-        let mut listing = Listing::default();
-        let mut page_keys = Vec::new();
-        let mut last_item: Option<ListMarker> = None;
-        for key in keys.iter() {
-            if !key.starts_with(query.prefix) {
-                continue;
-            }
-            let skipped = match query.after {
-                None => false,
-                Some(ListMarker::Key(after)) => key <= after,
-                Some(ListMarker::Prefix(after)) => key <= after || key.starts_with(after.as_str()),
-            };
-            if skipped {
-                continue;
-            }
-            let rolled = query.delimiter.filter(|d| !d.is_empty()).and_then(|d| {
-                let rest = &key[query.prefix.len()..];
-                rest.find(d)
-                    .map(|at| format!("{}{}", query.prefix, &rest[..at + d.len()]))
-            });
-            if let Some(common) = &rolled
-                && listing.common_prefixes.last() == Some(common)
-            {
-                continue;
-            }
-            if page_keys.len() + listing.common_prefixes.len() >= query.max_keys {
-                listing.next_marker = last_item;
-                break;
-            }
-            match rolled {
-                Some(common) => {
-                    last_item = Some(ListMarker::Prefix(common.clone()));
-                    listing.common_prefixes.push(common);
-                }
-                None => {
-                    last_item = Some(ListMarker::Key(key.clone()));
-                    page_keys.push(key.clone());
+        let page = match self.keys.page(bucket, &query) {
+            Lookup::Page(page) => page,
+            Lookup::Load(id) => {
+                let read = all_keys(&dir).await;
+                match read {
+                    Ok(read) => self.keys.loaded(bucket, id, read, &query),
+                    Err(e) => {
+                        self.keys.forget(bucket);
+                        return Err(e);
+                    }
                 }
             }
-        }
-        for key in page_keys {
+            Lookup::ReadAlone => {
+                let read: BTreeSet<String> = all_keys(&dir).await?.into_iter().collect();
+                key_index::page_of(&read, &query)
+            }
+        };
+        let mut listing = Listing {
+            common_prefixes: page.common_prefixes,
+            next_marker: page.next_marker,
+            ..Listing::default()
+        };
+        for key in page.keys {
             match object_file::open(&dir.join(key_to_file_name(&key)), Purpose::Meta).await? {
                 Some((_, meta)) => listing.objects.push(meta),
-                // Deleted since the directory was read.
+                // Deleted since the page was chosen.
                 None => continue,
             }
         }
@@ -822,10 +827,11 @@ impl ObjectStore {
             }
         };
         let target = dir.join(key_to_file_name(key));
-        if let Err(e) = PendingFile::new(&dir, Hashing::Skip)
+        let published = PendingFile::new(&dir, Hashing::Skip)
             .publish(&meta, &target)
-            .await
-        {
+            .await;
+        self.note_write(bucket, key, &published);
+        if let Err(e) = published {
             // A publish can fail after its rename (a failed directory fsync): the parts then
             // belong to the object.
             if !self
@@ -1222,6 +1228,63 @@ mod tests {
             .collect();
         names.sort();
         names
+    }
+
+    async fn listed(store: &ObjectStore) -> Vec<String> {
+        let query = ListQuery {
+            max_keys: 1000,
+            ..ListQuery::default()
+        };
+        let listing = store.list_objects("mpu", query).await.expect("list");
+        listing.objects.into_iter().map(|meta| meta.key).collect()
+    }
+
+    #[tokio::test]
+    async fn listings_follow_every_write_after_the_first_and_survive_a_reopen() {
+        let (root, store) = store_with_bucket().await;
+        let long = "k/".repeat(200); // stored under a hashed file name
+        for key in ["a", long.as_str()] {
+            let options = PutOptions::default();
+            store
+                .put_object("mpu", key, body(b"x"), options)
+                .await
+                .expect("put");
+        }
+        assert_eq!(listed(&store).await, ["a", long.as_str()]);
+
+        // After the keys are in memory: a put, a delete, a copy, a refused put, a multipart.
+        let options = PutOptions::default();
+        store
+            .put_object("mpu", "b", body(b"y"), options)
+            .await
+            .expect("put");
+        store.delete_object("mpu", "a").await.expect("delete");
+        store
+            .copy_object("mpu", "b", "c", None)
+            .await
+            .expect("copy");
+        let wrong_digest = PutOptions {
+            content_md5: Some([0; 16]),
+            ..PutOptions::default()
+        };
+        let refused = store
+            .put_object("mpu", "refused", body(b"z"), wrong_digest)
+            .await;
+        assert!(matches!(refused, Err(ObjectStoreError::BadDigest)));
+        multipart(&store, "d", &[pattern(1000, 1)]).await;
+        let now = ["b", "c", "d", long.as_str()];
+        assert_eq!(listed(&store).await, now);
+
+        // A clone is the same store; a reopened one reads the directory again.
+        assert_eq!(listed(&store.clone()).await, now);
+        drop(store);
+        let store = ObjectStore::open(root.path()).await.expect("reopen");
+        assert_eq!(listed(&store).await, now);
+
+        // A bucket deleted and made again starts empty.
+        store.delete_bucket("mpu").await.expect("delete bucket");
+        store.create_bucket("mpu").await.expect("bucket again");
+        assert!(listed(&store).await.is_empty());
     }
 
     #[tokio::test]

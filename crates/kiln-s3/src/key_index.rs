@@ -2,14 +2,17 @@
 //! a read of the bucket's whole directory.
 //!
 //! A bucket's keys are read from its directory by the first listing after the store opens, and
-//! kept up to date by every write and delete after that. Changes made while that first read
-//! runs are recorded and applied on top of what it found, so none is lost whichever way the two
-//! interleave; a change reported after its file operation can only repeat what the read saw.
-//! A write whose outcome is unknown (it failed after its rename, say) drops the bucket's keys,
-//! and the next listing reads the directory again.
+//! kept up to date by every write and delete after that. Each reports its key once its rename
+//! is done, and the index then looks at whether the key's file is there, under its lock: of
+//! racing writes and deletes of one key, the last report looks after the last rename, so the
+//! set ends as the directory does whatever order the reports come in. Keys reported while that
+//! first read runs are looked at again once it is done, so the read cannot undo them. A write
+//! whose outcome is unknown (it failed after its rename, say) drops the bucket's keys, and the
+//! next listing reads the directory again.
 
 use std::collections::{BTreeSet, HashMap};
 use std::ops::Bound;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -31,29 +34,21 @@ impl std::fmt::Debug for KeyIndex {
 }
 
 enum Keys {
-    /// Being read from the directory by load `id`; changes since it began.
+    /// Being read from the directory by load `id`; the keys (and their files) changed since.
     Loading {
         id: u64,
-        changes: Vec<Change>,
+        changed: Vec<(String, PathBuf)>,
     },
     Loaded(BTreeSet<String>),
 }
 
-enum Change {
-    Put(String),
-    Delete(String),
-}
-
-impl Change {
-    fn apply(self, keys: &mut BTreeSet<String>) {
-        match self {
-            Change::Put(key) => {
-                keys.insert(key);
-            }
-            Change::Delete(key) => {
-                keys.remove(&key);
-            }
-        }
+/// Lists `key` if its file is there, and unlists it if not.
+fn look(keys: &mut BTreeSet<String>, key: String, file: &Path) {
+    // A name just renamed in or out: answered from the dentry cache.
+    if std::fs::symlink_metadata(file).is_ok() {
+        keys.insert(key);
+    } else {
+        keys.remove(&key);
     }
 }
 
@@ -75,28 +70,19 @@ pub(crate) struct Page {
 }
 
 impl KeyIndex {
-    /// An object was written under `key`.
-    pub(crate) fn put(&self, bucket: &str, key: &str) {
-        self.change(bucket, Change::Put(key.to_owned()));
-    }
-
-    /// The object under `key` was deleted.
-    pub(crate) fn delete(&self, bucket: &str, key: &str) {
-        self.change(bucket, Change::Delete(key.to_owned()));
+    /// The object `key`, stored in `file`, was written or deleted.
+    pub(crate) fn changed(&self, bucket: &str, key: &str, file: &Path) {
+        match self.lock().get_mut(bucket) {
+            None => {}
+            Some(Keys::Loading { changed, .. }) => changed.push((key.to_owned(), file.to_owned())),
+            Some(Keys::Loaded(keys)) => look(keys, key.to_owned(), file),
+        }
     }
 
     /// Forgets what is known of the bucket: it was created, deleted, or a write's outcome is
     /// unknown. The next listing reads its directory.
     pub(crate) fn forget(&self, bucket: &str) {
         self.lock().remove(bucket);
-    }
-
-    fn change(&self, bucket: &str, change: Change) {
-        match self.lock().get_mut(bucket) {
-            None => {}
-            Some(Keys::Loading { changes, .. }) => changes.push(change),
-            Some(Keys::Loaded(keys)) => change.apply(keys),
-        }
     }
 
     /// The page `query` asks for, if the bucket's keys are in memory; otherwise what the caller
@@ -108,15 +94,16 @@ impl KeyIndex {
             Some(Keys::Loading { .. }) => Lookup::ReadAlone,
             None => {
                 let id = self.loads.fetch_add(1, Ordering::Relaxed);
-                let changes = Vec::new();
-                buckets.insert(bucket.to_owned(), Keys::Loading { id, changes });
+                let changed = Vec::new();
+                buckets.insert(bucket.to_owned(), Keys::Loading { id, changed });
                 Lookup::Load(id)
             }
         }
     }
 
-    /// Takes the keys load `id` read from the directory, applies the changes made meanwhile,
-    /// keeps them if this load is still the bucket's, and returns the page `query` asks for.
+    /// Takes the keys load `id` read from the directory, looks again at the keys changed
+    /// meanwhile, keeps them if this load is still the bucket's, and returns the page `query`
+    /// asks for.
     pub(crate) fn loaded(
         &self,
         bucket: &str,
@@ -129,10 +116,10 @@ impl KeyIndex {
         match buckets.remove(bucket) {
             Some(Keys::Loading {
                 id: current,
-                changes,
+                changed,
             }) if current == id => {
-                for change in changes {
-                    change.apply(&mut keys);
+                for (key, file) in changed {
+                    look(&mut keys, key, &file);
                 }
                 let page = page_of(&keys, query);
                 buckets.insert(bucket.to_owned(), Keys::Loaded(keys));
@@ -329,29 +316,44 @@ mod tests {
     }
 
     #[test]
-    fn changes_during_a_load_are_kept_and_later_ones_applied() {
+    fn keys_follow_their_files_whatever_order_changes_are_reported_in() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let file = |key: &str| dir.path().join(key);
         let index = KeyIndex::default();
         let all = query("", None, None, 100);
+        std::fs::write(file("gone"), b"")?;
         let Lookup::Load(id) = index.page("photos", &all) else {
             panic!("nothing is loaded yet");
         };
         // A second listing meanwhile reads for itself.
         assert!(matches!(index.page("photos", &all), Lookup::ReadAlone));
-        // Written and deleted while the directory was being read, which saw neither.
-        index.put("photos", "new");
-        index.delete("photos", "gone");
+        // Written and deleted while the directory was being read, which saw the old state.
+        std::fs::write(file("new"), b"")?;
+        index.changed("photos", "new", &file("new"));
+        std::fs::remove_file(file("gone"))?;
+        index.changed("photos", "gone", &file("gone"));
         let page = index.loaded("photos", id, vec!["gone".into(), "old".into()], &all);
         assert_eq!(page.keys, ["new", "old"]);
 
-        index.put("photos", "newer");
-        index.delete("photos", "old");
+        // A delete and a write of one key racing, the write's rename last but the delete's
+        // report last: the key stays listed, as its file is there.
+        std::fs::write(file("raced"), b"")?;
+        index.changed("photos", "raced", &file("raced"));
+        index.changed("photos", "raced", &file("raced"));
         let Lookup::Page(page) = index.page("photos", &all) else {
             panic!("the keys are loaded");
         };
-        assert_eq!(page.keys, ["new", "newer"]);
+        assert_eq!(page.keys, ["new", "old", "raced"]);
+        std::fs::remove_file(file("raced"))?;
+        index.changed("photos", "raced", &file("raced"));
+        let Lookup::Page(page) = index.page("photos", &all) else {
+            panic!("the keys are loaded");
+        };
+        assert_eq!(page.keys, ["new", "old"]);
 
         index.forget("photos");
         assert!(matches!(index.page("photos", &all), Lookup::Load(_)));
+        Ok(())
     }
 
     #[test]

@@ -467,14 +467,22 @@ impl ObjectStore {
         // The bucket is looked up while the body starts streaming: a missing one ends both.
         tokio::try_join!(self.objects_dir(bucket), fill(&mut pending, body))?;
         let published = publish_object(pending, &dir, key, options).await;
-        self.note_write(bucket, key, &published);
+        self.note_write(bucket, &dir, key, &published);
         published
     }
 
-    /// Tells the key index how a write of `key` ended.
-    fn note_write<T>(&self, bucket: &str, key: &str, outcome: &Result<T, ObjectStoreError>) {
+    /// Tells the key index how a write of `key` in `dir` ended.
+    fn note_write<T>(
+        &self,
+        bucket: &str,
+        dir: &Path,
+        key: &str,
+        outcome: &Result<T, ObjectStoreError>,
+    ) {
         match outcome {
-            Ok(_) => self.keys.put(bucket, key),
+            Ok(_) => self
+                .keys
+                .changed(bucket, key, &dir.join(key_to_file_name(key))),
             // Refused before anything was published: nothing changed.
             Err(ObjectStoreError::BadDigest | ObjectStoreError::NoSuchBucket(_)) => {}
             // It may have failed after its rename, so the key may be there or not.
@@ -509,7 +517,7 @@ impl ObjectStore {
             content_md5: None,
         });
         let published = publish_object(pending, &dir, target, options).await;
-        self.note_write(bucket, target, &published);
+        self.note_write(bucket, &dir, target, &published);
         published
     }
 
@@ -580,7 +588,7 @@ impl ObjectStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(io_err("remove", &path)(e)),
         }
-        self.keys.delete(bucket, key);
+        self.keys.changed(bucket, key, &path);
         sync_dir(&dir).await?;
         tokio::task::spawn_blocking(move || retire(&unnamed))
             .await
@@ -830,7 +838,7 @@ impl ObjectStore {
         let published = PendingFile::new(&dir, Hashing::Skip)
             .publish(&meta, &target)
             .await;
-        self.note_write(bucket, key, &published);
+        self.note_write(bucket, &dir, key, &published);
         if let Err(e) = published {
             // A publish can fail after its rename (a failed directory fsync): the parts then
             // belong to the object.

@@ -152,20 +152,26 @@ mod tests {
     async fn a_handed_connection_arrives_counted_and_whole() -> std::io::Result<()> {
         let (balance, mut inboxes) = Balance::new(2);
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-        let client = std::net::TcpStream::connect(listener.local_addr()?)?;
-        let (stream, remote) = listener.accept()?;
         let _own = keep(balance.place(0));
-        let Placed::There(to, live) = balance.place(0) else {
-            panic!("the second connection should go to the idle worker");
+        // Worker 0 accepts the next connection too; worker 1 has fewer, so it is handed over.
+        let accept_and_hand_over = || -> std::io::Result<usize> {
+            let (stream, remote) = listener.accept()?;
+            let Placed::There(to, live) = balance.place(0) else {
+                panic!("worker 1 has fewer connections");
+            };
+            balance.hand_over(
+                to,
+                Handed {
+                    stream,
+                    remote,
+                    live,
+                },
+            );
+            Ok(to)
         };
-        balance.hand_over(
-            to,
-            Handed {
-                stream,
-                remote,
-                live,
-            },
-        );
+
+        let client = std::net::TcpStream::connect(listener.local_addr()?)?;
+        let to = accept_and_hand_over()?;
         let handed = inboxes[to].recv().await.expect("handed connection");
         assert_eq!(handed.remote, client.local_addr()?);
         assert_eq!(balance.counts(), [1, 1]);
@@ -174,21 +180,8 @@ mod tests {
 
         // Handed to a worker that has stopped: closed, and out of the count.
         inboxes.truncate(0);
-        let (stream, remote) = {
-            let _second = std::net::TcpStream::connect(listener.local_addr()?)?;
-            listener.accept()?
-        };
-        let Placed::There(to, live) = balance.place(0) else {
-            panic!("worker 1 has fewer connections");
-        };
-        balance.hand_over(
-            to,
-            Handed {
-                stream,
-                remote,
-                live,
-            },
-        );
+        let _second = std::net::TcpStream::connect(listener.local_addr()?)?;
+        accept_and_hand_over()?;
         assert_eq!(balance.counts(), [1, 0]);
         Ok(())
     }

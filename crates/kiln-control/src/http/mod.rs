@@ -8,6 +8,7 @@ mod databases;
 mod edge;
 mod env;
 mod extract;
+mod linger;
 mod openapi;
 mod orgs;
 mod releases;
@@ -114,6 +115,7 @@ pub fn router(service: Service) -> Router {
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(linger::linger))
         .with_state(service)
 }
 

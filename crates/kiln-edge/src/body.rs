@@ -4,12 +4,11 @@
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 
-use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use kiln_http::linger::discard;
 use tokio::sync::oneshot;
 
 /// A response body: either a page the edge made or the upstream's body, streamed through.
@@ -68,7 +67,7 @@ pub(crate) struct BodyTooLarge {
 /// response timeout only starts then: an upload over a slow link is not a slow app.
 #[derive(Debug)]
 pub(crate) struct LimitedBody {
-    /// `None` once the limit tripped and the rest was handed to [`linger`].
+    /// `None` once the limit tripped and the rest was handed to [`discard`].
     inner: Option<Incoming>,
     seen: u64,
     limit: u64,
@@ -121,7 +120,7 @@ impl Body for LimitedBody {
                     if this.seen > this.limit {
                         this.finish();
                         if let Some(rest) = this.inner.take() {
-                            tokio::spawn(linger(rest));
+                            tokio::spawn(discard(rest));
                         }
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge {
                             limit: this.limit,
@@ -154,17 +153,4 @@ impl Body for LimitedBody {
             .as_ref()
             .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
-}
-
-/// How long the rest of a refused body is read and thrown away.
-const LINGER: Duration = Duration::from_secs(5);
-
-/// Reads and discards what a client is still sending after its request was refused, for a
-/// bounded time (nginx's "lingering close"). Closing a connection with unread data makes the
-/// kernel reset it, and a reset can destroy the refusal before the client reads it.
-pub(crate) async fn linger(mut body: Incoming) {
-    let _ = tokio::time::timeout(LINGER, async {
-        while let Some(Ok(_)) = body.frame().await {}
-    })
-    .await;
 }

@@ -12,13 +12,14 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use kiln_http::linger::discard;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::EdgeConfig;
-use crate::body::{self, BodyTooLarge, EdgeBody, LimitedBody};
+use crate::body::{BodyTooLarge, EdgeBody, LimitedBody};
 use crate::framing::FramingVerdict;
 use crate::pages::{self, PageKind};
 use crate::routes::{
@@ -145,7 +146,7 @@ pub(crate) async fn handle(
             // it now, so read and drop it for a while before the connection closes.
             let response = close_after(pages::response(PageKind::TooLarge, brand, req.headers()));
             if !req.headers().contains_key(header::EXPECT) {
-                tokio::spawn(body::linger(req.into_body()));
+                tokio::spawn(discard(req.into_body()));
             }
             return response;
         }

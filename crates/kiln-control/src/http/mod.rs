@@ -8,14 +8,16 @@ mod databases;
 mod edge;
 mod env;
 mod extract;
-mod linger;
 mod openapi;
 mod orgs;
 mod releases;
 mod sandboxes;
 
 use axum::Router;
+use axum::body::Body;
+use axum::extract::Request;
 use axum::routing::{get, post};
+use kiln_http::linger::Lingering;
 
 use crate::error::ApiError;
 use crate::service::Service;
@@ -115,8 +117,14 @@ pub fn router(service: Service) -> Router {
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn(linger::linger))
+        .layer(axum::middleware::map_request(lingering))
         .with_state(service)
+}
+
+/// What a handler leaves unread of a request body (one refused as too large, say) is read and
+/// dropped beside the answer, so a client still sending it gets the answer, not a reset.
+async fn lingering(request: Request) -> Request {
+    request.map(|body| Body::new(Lingering::new(body)))
 }
 
 async fn not_found() -> ApiError {

@@ -1,7 +1,7 @@
 //! Lingering close: reading what a client is still sending after its request was answered.
 //!
 //! A server may answer without reading the whole request body: a refusal of a body that is too
-//! large, or of a request that failed authentication. hyper then closes the connection with the
+//! large, say. hyper then closes the connection with the
 //! client's bytes unread, the kernel answers them with a reset, and a client still writing its
 //! body gets a broken pipe instead of the answer that says what to fix. So, like nginx's
 //! lingering close, the rest of the body is read and thrown away beside the answer, for at most

@@ -3,11 +3,7 @@
 use std::convert::Infallible;
 use std::pin::pin;
 
-use http::Request;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use kiln_http::linger::Lingering;
 use s3s::service::{S3Service, S3ServiceBuilder};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -60,14 +56,7 @@ impl S3Endpoint {
                 },
             };
             let _ = stream.set_nodelay(true);
-            let s3 = self.service.clone();
-            // What a refusal leaves unread of a body (bad credentials, a missing bucket) is
-            // read beside the answer, so a client still sending gets the S3 error, not a reset.
-            let service = service_fn(move |request: Request<Incoming>| {
-                let s3 = s3.clone();
-                let request = request.map(|body| s3s::Body::http_body(Lingering::new(body)));
-                async move { s3.call(request).await }
-            });
+            let service = self.service.clone();
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
                 let conn = hyper::server::conn::http1::Builder::new()

@@ -12,7 +12,7 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use kiln_http::linger::discard;
+use kiln_http::linger::{discard, expects_continue};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -145,7 +145,7 @@ pub(crate) async fn handle(
             // `Expect: 100-continue` has not sent the body and never will; any other is sending
             // it now, so read and drop it for a while before the connection closes.
             let response = close_after(pages::response(PageKind::TooLarge, brand, req.headers()));
-            if !req.headers().contains_key(header::EXPECT) {
+            if !expects_continue(req.headers()) {
                 tokio::spawn(discard(req.into_body()));
             }
             return response;

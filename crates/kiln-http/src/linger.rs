@@ -1,7 +1,7 @@
 //! Lingering close: reading what a client is still sending after its request was answered.
 //!
 //! A server may answer without reading the whole request body: a refusal of a body that is too
-//! large, say. hyper then closes the connection with the
+//! large, or of a request that failed authentication. hyper then closes the connection with the
 //! client's bytes unread, the kernel answers them with a reset, and a client still writing its
 //! body gets a broken pipe instead of the answer that says what to fix. So, like nginx's
 //! lingering close, the rest of the body is read and thrown away beside the answer, for at most
@@ -19,6 +19,11 @@ pub const LINGER: Duration = Duration::from_secs(5);
 
 /// A request body that, dropped before its end, goes on being read and thrown away in the
 /// background (see the module docs). Outside a Tokio runtime it is simply dropped.
+///
+/// Not for a request that asked `Expect: 100-continue` ([`expects_continue`]): such a client
+/// sends its body only once told to, and may take a refusal as the end of that request; reading
+/// the body anyway then takes the first bytes of the connection's next request as the body
+/// (seen with boto3: a ListObjectsV2 after a refused PutObject lost its `G`).
 pub struct Lingering<B>
 where
     B: Body + Send + Unpin + 'static,
@@ -89,6 +94,11 @@ where
             runtime.spawn(discard(rest));
         }
     }
+}
+
+/// Whether the client waits for `100 Continue` before it sends the body.
+pub fn expects_continue(headers: &http::HeaderMap) -> bool {
+    headers.contains_key(http::header::EXPECT)
 }
 
 /// Reads `body` to its end (or for [`LINGER`]) and throws the bytes away.

@@ -3,7 +3,11 @@
 use std::convert::Infallible;
 use std::pin::pin;
 
+use http::Request;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use kiln_http::linger::{Lingering, expects_continue};
 use s3s::service::{S3Service, S3ServiceBuilder};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -56,7 +60,18 @@ impl S3Endpoint {
                 },
             };
             let _ = stream.set_nodelay(true);
-            let service = self.service.clone();
+            let s3 = self.service.clone();
+            // What a refusal leaves unread of a body (bad credentials, a missing bucket) is
+            // read beside the answer, so a client still sending gets the S3 error, not a reset.
+            let service = service_fn(move |request: Request<Incoming>| {
+                let s3 = s3.clone();
+                let request = if expects_continue(request.headers()) {
+                    request.map(s3s::Body::from)
+                } else {
+                    request.map(|body| s3s::Body::http_body(Lingering::new(body)))
+                };
+                async move { s3.call(request).await }
+            });
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
                 let conn = hyper::server::conn::http1::Builder::new()

@@ -993,3 +993,31 @@ async fn a_batch_delete_reports_a_key_it_cannot_delete_and_deletes_the_rest() {
         "the refused key stays, the others are gone"
     );
 }
+
+#[tokio::test]
+async fn a_client_sending_its_whole_body_before_reading_gets_the_s3_refusal() -> std::io::Result<()>
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // As Python's http.client (boto3) does: the whole body goes before the answer is read.
+    // This signature is refused before the body is read, which is 32 MiB: more than socket
+    // buffers hold, so unless the endpoint reads on, the write meets a reset.
+    let f = Fixture::start().await;
+    let mut client = tokio::net::TcpStream::connect(("127.0.0.1", f.port)).await?;
+    let body = vec![b'x'; 32 << 20];
+    let head = format!(
+        "PUT /photos/big.bin HTTP/1.1\r\nhost: 127.0.0.1\r\nx-amz-date: 20261205T000000Z\r\n\
+         x-amz-content-sha256: UNSIGNED-PAYLOAD\r\nauthorization: AWS4-HMAC-SHA256 \
+         Credential=NOBODY/20261205/us-east-1/s3/aws4_request, \
+         SignedHeaders=host;x-amz-content-sha256;x-amz-date, Signature=00\r\n\
+         connection: close\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    client.write_all(head.as_bytes()).await?;
+    client.write_all(&body).await?;
+    let mut answer = Vec::new();
+    client.read_to_end(&mut answer).await?;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(answer.contains("<Code>"), "an S3 error document: {answer}");
+    Ok(())
+}

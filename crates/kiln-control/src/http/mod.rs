@@ -17,7 +17,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::routing::{get, post};
-use kiln_http::linger::Lingering;
+use kiln_http::linger::{Lingering, expects_continue};
 
 use crate::error::ApiError;
 use crate::service::Service;
@@ -124,6 +124,9 @@ pub fn router(service: Service) -> Router {
 /// What a handler leaves unread of a request body (one refused as too large, say) is read and
 /// dropped beside the answer, so a client still sending it gets the answer, not a reset.
 async fn lingering(request: Request) -> Request {
+    if expects_continue(request.headers()) {
+        return request;
+    }
     request.map(|body| Body::new(Lingering::new(body)))
 }
 

@@ -9,6 +9,9 @@
 # BENCH_CHURN times a second (`kiln-edge-bench --churn`): its figures, failed requests and the
 # achieved publish rate are printed beside the plain run's, and the script exits non-zero if any
 # request failed under churn.
+# Before anything is measured, every target must answer with the upstream's own body, so a proxy
+# that answers by itself (caddy does, with an empty 200, for a host no site names) is never
+# measured as if it relayed.
 # Release build; installs nginx, caddy and wrk from Debian if missing (needs root). The peers
 # run as foreground processes with temporary configs; no system service is enabled or started.
 #
@@ -134,13 +137,16 @@ nginx -e "$tmp/nginx/error.log" -p "$tmp/nginx" -c "$tmp/nginx/nginx.conf" &
 pids+=($!)
 
 # --- caddy: reverse_proxy, admin API and automatic HTTPS off ------------------------------------
+# The site matches any host: a site address of `http://127.0.0.1:PORT` would match only
+# `Host: 127.0.0.1`, and caddy answers every other host with an empty 200 of its own.
 mkdir -p "$tmp/caddy"
 cat >"$tmp/caddy/Caddyfile" <<EOF
 {
     admin off
     auto_https off
 }
-http://127.0.0.1:$caddy_port {
+http://:$caddy_port {
+    bind 127.0.0.1
     reverse_proxy $upstream
 }
 EOF
@@ -150,25 +156,34 @@ pids+=($!)
 caddy_pid=$!
 # The same caddy held to one core, like nginx's single worker and the 1-thread edge.
 mkdir -p "$tmp/caddy1"
-sed "s/127.0.0.1:$caddy_port/127.0.0.1:$caddy1_port/" "$tmp/caddy/Caddyfile" >"$tmp/caddy1/Caddyfile"
+sed "s/:$caddy_port {/:$caddy1_port {/" "$tmp/caddy/Caddyfile" >"$tmp/caddy1/Caddyfile"
 GOMAXPROCS=1 XDG_DATA_HOME="$tmp/caddy1" XDG_CONFIG_HOME="$tmp/caddy1" HOME="$tmp/caddy1" \
     caddy run --config "$tmp/caddy1/Caddyfile" --adapter caddyfile >"$tmp/caddy1/log" 2>&1 &
 pids+=($!)
 caddy1_pid=$!
 
-wait_http() { # url
+# Every target must answer with the upstream's own body: a proxy that answers by itself (a
+# host it does not route, say) would otherwise be measured as if it relayed.
+wait_http() { # url expected-body
+    local body=""
     for _ in $(seq 100); do
-        if curl -fs -o /dev/null -H "Host: $host" "$1" 2>/dev/null; then return; fi
+        if body="$(curl -fs -H "Host: $host" "$1" 2>/dev/null)"; then
+            [[ "$body" == "$2" ]] && return
+            echo "$1 answered ${#body} bytes that are not the upstream's body: '$body'" >&2
+            exit 1
+        fi
         sleep 0.1
     done
     echo "$1 never answered; logs:" >&2
     tail -n 5 "$tmp"/*.err "$tmp"/nginx/error.log "$tmp"/caddy/log >&2 || true
     exit 1
 }
-for url in "http://$upstream/" "http://$edge2/" "http://$edge2p/" "http://$edge1/" \
+upstream_body="$(curl -fs "http://$upstream/")"
+[[ -n "$upstream_body" ]] || { echo "the upstream at $upstream gave no body" >&2; exit 1; }
+for url in "http://$edge2/" "http://$edge2p/" "http://$edge1/" \
     "http://127.0.0.1:$nginx_port/" "http://127.0.0.1:$caddy_port/" \
     "http://127.0.0.1:$caddy1_port/"; do
-    wait_http "$url"
+    wait_http "$url" "$upstream_body"
 done
 nginx_workers="$(pgrep -P "$(cat "$tmp/nginx/nginx.pid")" | tr '\n' ' ')"
 
@@ -273,7 +288,7 @@ echo "were shared, so it is the steadiest column on a busy machine."
 pids+=($!)
 churn_pid=$!
 edge_churn="$(addr_of "$tmp/churn.out" edge)"
-wait_http "http://$edge_churn/"
+wait_http "http://$edge_churn/" "$upstream_body"
 churn_name="kiln 2 thr, churn"
 echo "churn run: $churn_rate tables/s" >&2
 churn_lines_before="$(wc -l <"$tmp/churn.err")"

@@ -6,6 +6,7 @@
 //! downtime only the latest due slot runs. A slot whose previous run still goes is recorded as
 //! skipped unless the job allows overlap.
 
+mod plan;
 mod run;
 pub mod schedule;
 
@@ -13,9 +14,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::Utc;
-use kiln_store::CronJobRecord;
 use tokio_util::sync::CancellationToken;
 
+use self::plan::Plan;
 use crate::service::Service;
 pub use schedule::{Schedule, ScheduleError};
 
@@ -28,8 +29,9 @@ pub(crate) const RUNS_KEPT: u32 = 1_000;
 /// Runs until `shutdown` is cancelled.
 pub async fn run(service: Service, shutdown: CancellationToken) {
     settle_interrupted(&service).await;
+    let mut plan = Plan::default();
     loop {
-        if let Err(e) = tick(&service).await {
+        if let Err(e) = tick(&service, &mut plan).await {
             tracing::warn!(error = %e, "cron pass failed; retrying");
         }
         tokio::select! {
@@ -66,7 +68,7 @@ async fn settle_interrupted(service: &Service) {
     }
 }
 
-async fn tick(service: &Service) -> Result<(), kiln_store::StoreError> {
+async fn tick(service: &Service, plan: &mut Plan) -> Result<(), kiln_store::StoreError> {
     let store = service.store();
     let now = Utc::now();
     let running: HashMap<String, String> = store
@@ -75,8 +77,10 @@ async fn tick(service: &Service) -> Result<(), kiln_store::StoreError> {
         .into_iter()
         .map(|r| (r.job_id, r.id))
         .collect();
-    for job in store.list_all_cron_jobs().await? {
-        let Some(slot) = due_slot(&job, now) else {
+    let jobs = store.list_all_cron_jobs().await?;
+    plan.keep_only(jobs.iter().map(|job| job.id.as_str()));
+    for job in jobs {
+        let Some(slot) = plan.due_slot(&job, now) else {
             continue;
         };
         let skip = match running.get(&job.id) {
@@ -103,18 +107,4 @@ async fn tick(service: &Service) -> Result<(), kiln_store::StoreError> {
         tokio::spawn(async move { run::execute(&service, &job, &claimed).await });
     }
     Ok(())
-}
-
-/// The job's latest slot at or before `now`, if it has not been handled yet.
-fn due_slot(job: &CronJobRecord, now: chrono::DateTime<Utc>) -> Option<chrono::DateTime<Utc>> {
-    let schedule = match Schedule::parse(&job.schedule, &job.timezone) {
-        Ok(schedule) => schedule,
-        Err(e) => {
-            tracing::warn!(job = %job.id, error = %e, "stored schedule no longer parses");
-            return None;
-        }
-    };
-    schedule
-        .latest_due(now)
-        .filter(|slot| *slot > job.last_slot)
 }

@@ -262,12 +262,19 @@ impl ImageStore {
         Ok(rootfs)
     }
 
+    /// The root file system verified earlier, while its build is still complete on disk: an
+    /// operator may remove it to reclaim space or to force a rebuild.
     fn ready_path(&self, image: &ImageRef) -> Option<PathBuf> {
-        self.ready
+        let mut ready = self
+            .ready
             .lock()
-            .expect("image cache lock is never held across a panic")
-            .get(image)
-            .cloned()
+            .expect("image cache lock is never held across a panic");
+        let rootfs = ready.get(image)?;
+        if rootfs.with_file_name("image.json").is_file() {
+            return Some(rootfs.clone());
+        }
+        ready.remove(image);
+        None
     }
 
     /// Removes the scratch directories of earlier builds of `key` that never finished (their
@@ -499,6 +506,27 @@ mod tests {
         let mut expected = kept.to_vec();
         expected.sort();
         assert_eq!(left, expected);
+        Ok(())
+    }
+
+    #[test]
+    fn a_removed_root_file_system_is_not_handed_out_again() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store = ImageStore::new(dir.path());
+        let image: ImageRef = "default".parse().expect("the default image");
+        let build = dir.path().join("default-1-0123456789ab");
+        fs::create_dir_all(build.join("rootfs"))?;
+        fs::write(build.join("image.json"), b"{}")?;
+        store
+            .ready
+            .lock()
+            .expect("lock")
+            .insert(image.clone(), build.join("rootfs"));
+
+        assert_eq!(store.ready_path(&image), Some(build.join("rootfs")));
+        fs::remove_dir_all(&build)?;
+        assert_eq!(store.ready_path(&image), None);
+        assert!(store.ready.lock().expect("lock").is_empty(), "forgotten");
         Ok(())
     }
 

@@ -73,13 +73,8 @@ impl GuestImageStore {
     /// The guest image of `image`, building what is missing (the root file system too).
     /// Concurrent callers, in this process or others, build each part once.
     pub async fn ensure(&self, image: &ImageRef) -> Result<GuestImage, RuntimeError> {
-        if let Some(ready) = self
-            .ready
-            .lock()
-            .expect("guest image cache lock is never held across a panic")
-            .get(image)
-        {
-            return Ok(ready.clone());
+        if let Some(ready) = self.cached(image) {
+            return Ok(ready);
         }
         let rootfs = self.images.ensure(image).await?;
         let dir = self.images.dir().to_owned();
@@ -95,6 +90,21 @@ impl GuestImageStore {
             .expect("guest image cache lock is never held across a panic")
             .insert(image.clone(), guest.clone());
         Ok(guest)
+    }
+
+    /// The guest image built earlier by this store, while its files are still there: an
+    /// operator may remove them to reclaim space or to force a rebuild.
+    fn cached(&self, image: &ImageRef) -> Option<GuestImage> {
+        let mut ready = self
+            .ready
+            .lock()
+            .expect("guest image cache lock is never held across a panic");
+        let guest = ready.get(image)?;
+        if guest.root_disk.is_file() && guest.initramfs.is_file() {
+            return Some(guest.clone());
+        }
+        ready.remove(image);
+        None
     }
 
     /// The base initramfs of this kernel, named by its content.
@@ -186,4 +196,46 @@ pub(crate) fn file_sha256(path: &Path) -> Result<[u8; 32], RuntimeError> {
     let mut h = Sha256::new();
     std::io::copy(&mut file, &mut h).ctx(|| format!("read {}", path.display()))?;
     Ok(h.finalize().into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cached_image_whose_files_were_removed_is_built_again() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let kernel = Kernel {
+            image: dir.path().join("bzImage"),
+            modules: None,
+        };
+        let store = GuestImageStore::new(ImageStore::new(dir.path()), kernel, "/nonexistent");
+        let image: ImageRef = "default".parse().expect("the default image");
+        let guest = GuestImage {
+            kernel: dir.path().join("bzImage"),
+            initramfs: dir.path().join("vm-initramfs-0.cpio"),
+            root_disk: dir.path().join("vm-root-default-0.ext4"),
+        };
+        fs::write(&guest.initramfs, b"initramfs").expect("write initramfs");
+        fs::write(&guest.root_disk, b"disk").expect("write disk");
+        store
+            .ready
+            .lock()
+            .expect("lock")
+            .insert(image.clone(), guest.clone());
+
+        assert_eq!(store.cached(&image), Some(guest.clone()));
+        fs::remove_file(&guest.root_disk).expect("remove disk");
+        assert_eq!(
+            store.cached(&image),
+            None,
+            "a removed disk is not handed out"
+        );
+        fs::write(&guest.root_disk, b"disk").expect("write disk again");
+        assert_eq!(
+            store.cached(&image),
+            None,
+            "the entry was forgotten, so the next ensure builds and records it afresh"
+        );
+    }
 }

@@ -1,7 +1,8 @@
 //! The qemu driver with real VMs: boots one machine (under KVM where a probe boot works, TCG
 //! otherwise) and checks the driver contract on it: the agent over TCP with its token, exec,
-//! files, the workspace disk surviving a stop, adoption by a new driver, and destroy leaving
-//! no VM, disk or tap behind. Needs root, QEMU and the kernel from `scripts/setup.sh`.
+//! files, the memory and pids walls, the workspace disk surviving a stop, adoption by a new
+//! driver, and destroy leaving no VM, disk or tap behind. Needs root, QEMU and the kernel
+//! from `scripts/setup.sh`.
 
 mod common;
 
@@ -66,6 +67,26 @@ impl Drop for DestroyOnDrop {
     }
 }
 
+/// Forks sleeping children until a fork is refused, kills them, and prints how many forks
+/// succeeded and the errno of the one that failed.
+const FORK_UNTIL_REFUSED: &str = "\
+import os, time
+children, errno = [], None
+try:
+    for _ in range(1000):
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(120)
+            os._exit(0)
+        children.append(pid)
+except OSError as e:
+    errno = e.errno
+for pid in children:
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+print(len(children), errno)
+";
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_vm_honours_the_driver_contract() {
     if !vm_prerequisites() {
@@ -74,7 +95,9 @@ async fn a_vm_honours_the_driver_contract() {
     let state = tempfile::tempdir().expect("state dir");
     let driver = qemu_driver(state.path().to_owned()).await;
     let id = common::unique_id("vm");
-    let spec = common::spec(&id, "org_vmtest", 512);
+    let mut spec = common::spec(&id, "org_vmtest", 512);
+    // Low enough for the fork test below to reach quickly under emulation.
+    spec.pids_max = 64;
     let _cleanup = DestroyOnDrop(driver.clone(), id.clone());
 
     let started = Instant::now();
@@ -152,6 +175,32 @@ async fn a_vm_honours_the_driver_contract() {
         "the guest's OOM kill is reported; the hog ended with {:?}",
         hog.exit
     );
+
+    // `pids_max` is the guest's wall too: forks fail with EAGAIN once the machine, agent
+    // included, has that many tasks, and the agent serves on once they are gone.
+    let forks = info
+        .agent
+        .exec_collect(ExecRequest::new(["python3", "-c", FORK_UNTIL_REFUSED]))
+        .await
+        .expect("exec");
+    let report = String::from_utf8_lossy(&forks.stdout);
+    let (forked, errno) = report
+        .trim()
+        .split_once(' ')
+        .unwrap_or_else(|| panic!("fork report: {report:?} {forks:?}"));
+    let forked: u32 = forked.parse().expect("fork count");
+    assert_eq!(errno, "11", "the fork that failed met EAGAIN: {report}");
+    assert!(
+        (1..spec.pids_max).contains(&forked),
+        "the wall is near pids_max ({}): {forked} forks succeeded",
+        spec.pids_max
+    );
+    let after = info
+        .agent
+        .exec_collect(ExecRequest::new(["true"]))
+        .await
+        .expect("the agent runs commands again once the forks are gone");
+    assert!(after.exit.success(), "{after:?}");
 
     info.agent
         .put_file(

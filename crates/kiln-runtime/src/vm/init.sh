@@ -34,6 +34,16 @@ if [ ! -f /kiln/machine.env ]; then
 fi
 . /kiln/machine.env
 
+# Every process of the machine, this one and so the agent included, counts against the
+# machine's pids limit, as under the process driver: a fork bomb stops at the wall instead of
+# filling the guest's memory. The app's user cannot leave the cgroup (its files are root's).
+mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 /sys/fs/cgroup || fail "cannot mount cgroup2"
+echo +pids >/sys/fs/cgroup/cgroup.subtree_control ||
+    fail "the guest kernel has no pids cgroup controller (CONFIG_CGROUP_PIDS)"
+mkdir /sys/fs/cgroup/machine
+echo "$KILN_PIDS_MAX" >/sys/fs/cgroup/machine/pids.max || fail "cannot set pids.max"
+echo $$ >/sys/fs/cgroup/machine/cgroup.procs || fail "cannot enter the machine's cgroup"
+
 # virtio devices appear asynchronously after their modules load.
 tries=0
 while [ ! -b /dev/vda ] || [ ! -b /dev/vdb ]; do

@@ -87,6 +87,8 @@ pub struct MachineBoot {
     pub gateway: Ipv4Addr,
     /// The unprivileged user's uid, gid and home (a fresh tmpfs every boot).
     pub user: (u32, u32, String),
+    /// Most processes and threads the machine may have at once, agent included.
+    pub pids_max: u32,
     /// `/etc/hosts`, `/etc/hostname`, `/etc/resolv.conf`.
     pub etc: [(&'static str, String); 3],
     /// The agent's settings, token included.
@@ -97,12 +99,13 @@ pub struct MachineBoot {
 pub fn machine_part(boot: &MachineBoot) -> Result<Vec<u8>, RuntimeError> {
     let (uid, gid, home) = &boot.user;
     let env = format!(
-        "KILN_HOSTNAME={}\nKILN_ADDRESS={}\nKILN_PREFIX={}\nKILN_GATEWAY={}\nKILN_UID={uid}\nKILN_GID={gid}\nKILN_HOME={}\n",
+        "KILN_HOSTNAME={}\nKILN_ADDRESS={}\nKILN_PREFIX={}\nKILN_GATEWAY={}\nKILN_UID={uid}\nKILN_GID={gid}\nKILN_HOME={}\nKILN_PIDS_MAX={}\n",
         shell_quote(&boot.hostname),
         boot.address,
         boot.prefix,
         boot.gateway,
         shell_quote(home),
+        boot.pids_max,
     );
     let agent = serde_json::to_vec(&boot.agent).map_err(|e| {
         RuntimeError::InvalidConfig(format!("the agent settings cannot be written: {e}"))
@@ -143,6 +146,7 @@ mod tests {
             prefix: 24,
             gateway: Ipv4Addr::new(10, 91, 0, 1),
             user: (1000, 1000, "/home/app".into()),
+            pids_max: 256,
             etc: [
                 ("hosts", "127.0.0.1 localhost\n".into()),
                 ("hostname", "sbx-1\n".into()),
@@ -159,6 +163,7 @@ mod tests {
         let bytes = machine_part(&boot).expect("archive");
         let text = String::from_utf8_lossy(&bytes);
         assert!(text.contains("KILN_ADDRESS=10.91.0.2"), "{text}");
+        assert!(text.contains("KILN_PIDS_MAX=256"), "{text}");
         assert!(text.contains("\"token\":\"tok\""), "{text}");
         assert!(text.contains("kiln/agent.json"), "{text}");
     }

@@ -73,6 +73,7 @@ pub async fn prepare(
         prefix: setup.slice.prefix(),
         gateway: setup.slice.host(1),
         user: (user.uid, user.gid, user.home.clone()),
+        pids_max: spec.pids_max,
         etc: [
             ("hosts", net::hosts_file(&spec.hostname, setup.address)),
             ("hostname", format!("{}\n", spec.hostname)),

@@ -20,8 +20,8 @@
 //! # Limits
 //!
 //! `vcpus` and `memory_mib` become `-smp` and `-m`; memory is a hard wall (the guest kernel's
-//! OOM killer acts inside it and the agent reports its count). `pids_max` is not enforced: a
-//! VM is its own kernel, and a fork bomb exhausts only its own memory.
+//! OOM killer acts inside it and the agent reports its count). `pids_max` is the guest's own
+//! cgroup limit, set by `/init` on every process of the machine, agent included.
 
 use std::{
     ffi::OsString,

@@ -3,7 +3,7 @@
 # body) on loopback, measured in one run with `wrk -t1 -c32 -d8s`. wrk shares the cores with
 # the proxies, so compare the ratios printed here, not absolute figures across runs. Caddy runs
 # twice: as installed (all cores) and held to one (GOMAXPROCS=1), like nginx's one worker and the
-# 1-thread edge. The 2-thread edge also runs with each worker pinned to a core
+# 1-thread edge; nginx runs with one worker and, like the 2-thread edge, one per core. The 2-thread edge also runs with each worker pinned to a core
 # (`KILN_EDGE_PIN_WORKERS`). Each row also gives the CPU time its proxy spent per request.
 # Then one more run of the 2-thread edge while a brand-new 1,001-route table is published
 # BENCH_CHURN times a second (`kiln-edge-bench --churn`): its figures, failed requests and the
@@ -15,8 +15,9 @@
 # Release build; installs nginx, caddy and wrk from Debian if missing (needs root). The peers
 # run as foreground processes with temporary configs; no system service is enabled or started.
 #
-# Environment: BENCH_DURATION (8s), BENCH_CONNECTIONS (32), BENCH_ROUNDS (3; medians shown), BENCH_NGINX_PORT (18481),
-# BENCH_CADDY_PORT (18482), BENCH_CHURN (1000 tables/s), CARGO_TARGET_DIR.
+# Environment: BENCH_DURATION (8s), BENCH_CONNECTIONS (32), BENCH_ROUNDS (3; medians shown),
+# BENCH_NGINX_PORT (18481), BENCH_CADDY_PORT (18482; the next two ports go to caddy on one core
+# and nginx per core), BENCH_CHURN (1000 tables/s), CARGO_TARGET_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +27,7 @@ connections="${BENCH_CONNECTIONS:-32}"
 nginx_port="${BENCH_NGINX_PORT:-18481}"
 caddy_port="${BENCH_CADDY_PORT:-18482}"
 caddy1_port=$((caddy_port + 1))
+nginx_all_port=$((caddy_port + 2))
 churn_rate="${BENCH_CHURN:-1000}"
 host="bench.test"
 
@@ -69,7 +71,7 @@ cleanup() {
 trap cleanup EXIT
 
 port_free() { ! ss -Htln "sport = :$1" | grep -q .; }
-for port in "$nginx_port" "$caddy_port" "$caddy1_port"; do
+for port in "$nginx_port" "$caddy_port" "$caddy1_port" "$nginx_all_port"; do
     port_free "$port" || { echo "port $port is in use; set BENCH_NGINX_PORT/BENCH_CADDY_PORT" >&2; exit 1; }
 done
 
@@ -135,6 +137,13 @@ http {
 EOF
 nginx -e "$tmp/nginx/error.log" -p "$tmp/nginx" -c "$tmp/nginx/nginx.conf" &
 pids+=($!)
+# The same nginx with a worker per core (`worker_processes auto`, as Debian installs it).
+mkdir -p "$tmp/nginx-all"
+sed -e "s|$tmp/nginx/|$tmp/nginx-all/|g" -e "s|^worker_processes 1;|worker_processes auto;|" \
+    -e "s|127.0.0.1:$nginx_port;|127.0.0.1:$nginx_all_port;|" \
+    "$tmp/nginx/nginx.conf" >"$tmp/nginx-all/nginx.conf"
+nginx -e "$tmp/nginx-all/error.log" -p "$tmp/nginx-all" -c "$tmp/nginx-all/nginx.conf" &
+pids+=($!)
 
 # --- caddy: reverse_proxy, admin API and automatic HTTPS off ------------------------------------
 # The site matches any host: a site address of `http://127.0.0.1:PORT` would match only
@@ -181,11 +190,13 @@ wait_http() { # url expected-body
 upstream_body="$(curl -fs "http://$upstream/")"
 [[ -n "$upstream_body" ]] || { echo "the upstream at $upstream gave no body" >&2; exit 1; }
 for url in "http://$edge2/" "http://$edge2p/" "http://$edge1/" \
-    "http://127.0.0.1:$nginx_port/" "http://127.0.0.1:$caddy_port/" \
+    "http://127.0.0.1:$nginx_port/" "http://127.0.0.1:$nginx_all_port/" \
+    "http://127.0.0.1:$caddy_port/" \
     "http://127.0.0.1:$caddy1_port/"; do
     wait_http "$url" "$upstream_body"
 done
 nginx_workers="$(pgrep -P "$(cat "$tmp/nginx/nginx.pid")" | tr '\n' ' ')"
+nginx_all_workers="$(pgrep -P "$(cat "$tmp/nginx-all/nginx.pid")" | tr '\n' ' ')"
 
 # --- measure ------------------------------------------------------------------------------------
 to_ms() { # wrk latency like 156.00us / 1.17ms / 1.02s
@@ -241,11 +252,12 @@ run() { # name url pid…
     fails[$1]+="$(failures "$out");"
 }
 names=("upstream direct" "kiln edge, 2 thr" "kiln 2 thr, pinned" "kiln edge, 1 thr"
-    "nginx, 1 worker" "caddy" "caddy, 1 proc")
+    "nginx, 1 worker" "nginx, per core" "caddy" "caddy, 1 proc")
 urls=("http://$upstream/" "http://$edge2/" "http://$edge2p/" "http://$edge1/"
-    "http://127.0.0.1:$nginx_port/" "http://127.0.0.1:$caddy_port/" "http://127.0.0.1:$caddy1_port/")
-procs=("$upstream_pid" "$edge2_pid" "$edge2p_pid" "$edge1_pid" "$nginx_workers" "$caddy_pid"
-    "$caddy1_pid")
+    "http://127.0.0.1:$nginx_port/" "http://127.0.0.1:$nginx_all_port/"
+    "http://127.0.0.1:$caddy_port/" "http://127.0.0.1:$caddy1_port/")
+procs=("$upstream_pid" "$edge2_pid" "$edge2p_pid" "$edge1_pid" "$nginx_workers"
+    "$nginx_all_workers" "$caddy_pid" "$caddy1_pid")
 for round in $(seq "$rounds"); do
     echo "round $round of $rounds" >&2
     for i in "${!names[@]}"; do
@@ -266,16 +278,20 @@ echo
 echo "wrk -t1 -c$connections -d$duration, 13-byte body, loopback, $(nproc) cores shared with wrk;"
 echo "median of $rounds interleaved rounds"
 echo
-printf '| %-18s | %8s | %8s | %8s | %11s | %9s | %9s | %11s |\n' target req/s "p50 ms" "p99 ms" \
-    "CPU us/req" "/ nginx" "/ caddy" "/ caddy 1p"
-printf '|%s|%s|%s|%s|%s|%s|%s|%s|\n' -------------------- ---------- ---------- ---------- \
-    ------------- ----------- ----------- -------------
+printf '| %-18s | %8s | %8s | %8s | %11s | %10s | %11s | %9s | %11s |\n' target req/s "p50 ms" \
+    "p99 ms" "CPU us/req" "/ nginx 1w" "/ nginx all" "/ caddy" "/ caddy 1p"
+printf '|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n' -------------------- ---------- ---------- ---------- \
+    ------------- ------------ ------------- ----------- -------------
 for name in "${names[@]}"; do
-    printf '| %-18s | %8s | %8s | %8s | %11s | %9s | %9s | %11s |\n' "$name" "${rps[$name]}" \
-        "${p50[$name]}" "${p99[$name]}" "${cpu[$name]}" \
+    printf '| %-18s | %8s | %8s | %8s | %11s | %10s | %11s | %9s | %11s |\n' "$name" \
+        "${rps[$name]}" "${p50[$name]}" "${p99[$name]}" "${cpu[$name]}" \
         "$(ratio "${rps[$name]}" "${rps[nginx, 1 worker]}")" \
+        "$(ratio "${rps[$name]}" "${rps[nginx, per core]}")" \
         "$(ratio "${rps[$name]}" "${rps[caddy]}")" "$(ratio "${rps[$name]}" "${rps[caddy, 1 proc]}")"
 done
+echo
+echo "Like for like: the 1-thread edge against nginx's one worker and caddy held to one core; the"
+echo "2-thread edge against nginx with a worker per core and caddy as installed."
 echo
 echo "CPU us/req: user + system time of the proxy's own processes (all threads) per request served"
 echo "in the measured run (the upstream row: the upstream's); it does not depend on how the cores"

@@ -10,13 +10,15 @@
 //! The initramfs is named by the hash of its own bytes; the root disk by the image's build key
 //! and the agent binary's hash, so a new agent gets a new disk and machines still running on
 //! the old one keep it. Both are written to a temporary name and renamed, so a crash never
-//! leaves a file that looks complete.
+//! leaves a file that looks complete. A new root disk replaces the image's older ones at once;
+//! a new initramfs replaces older ones a day after they were last written.
 
 use std::{
     collections::HashMap,
     fs,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use sha2::{Digest, Sha256};
@@ -27,6 +29,9 @@ use crate::{
     image::{self, ImageRef, ImageStore},
     lock,
 };
+
+/// How long a superseded base initramfs is kept after its last write.
+const INITRAMFS_GRACE: Duration = Duration::from_secs(24 * 3600);
 
 /// Bumped whenever the way guest disks are assembled changes, so old builds are not reused.
 const GUEST_BUILDER_REVISION: &str = "1";
@@ -120,6 +125,10 @@ impl GuestImageStore {
         if !path.is_file() {
             fs::create_dir_all(dir).ctx(|| format!("create {}", dir.display()))?;
             write_atomically(&path, &bytes)?;
+            // Machines boot from their own copy, so an older base is garbage once a day has
+            // passed without a write: the grace keeps two nodes with different kernels on one
+            // images directory from deleting each other's on every boot.
+            remove_superseded(dir, "vm-initramfs-", &path, INITRAMFS_GRACE);
         }
         Ok(path)
     }
@@ -157,28 +166,42 @@ impl GuestImageStore {
         fs::rename(&tmp, &path)
             .ctx(|| format!("rename {} to {}", tmp.display(), path.display()))?;
         tracing::info!(%image, elapsed = ?started.elapsed(), "VM root disk built");
-        remove_older_root_disks(dir, &image_key, &path);
+        remove_superseded(dir, &format!("vm-root-{image_key}-"), &path, Duration::ZERO);
         Ok(path)
     }
 }
 
-/// Deletes the other root disks of the same image (built for an older agent). VMs still
-/// running on one keep it open, and an unlinked file lives as long as it is open, so this is
-/// safe while they run; their next boot uses the new disk.
-fn remove_older_root_disks(dir: &Path, image_key: &str, keep: &Path) {
-    let prefix = format!("vm-root-{image_key}-");
+/// Deletes the files beside `keep` that share its name's `prefix` and extension (older builds
+/// of the same thing) or are its kind's temporary files (`.tmp<pid>`, left by a crash), and
+/// were last written more than `grace` ago. VMs still running on a root disk keep it open, and an unlinked file lives
+/// as long as it is open, so this is safe while they run; their next boot uses the new file.
+fn remove_superseded(dir: &Path, prefix: &str, keep: &Path, grace: Duration) {
+    let Some(extension) = keep.extension().and_then(|e| e.to_str()) else {
+        return;
+    };
     let Ok(entries) = fs::read_dir(dir) else {
         return;
     };
     for entry in entries.filter_map(Result::ok) {
         let path = entry.path();
         let name = entry.file_name().to_string_lossy().into_owned();
+        let same_kind = name.starts_with(prefix)
+            && path
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| e == extension || e.starts_with("tmp"));
+        let old_enough = || {
+            entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|written| written.elapsed().is_ok_and(|age| age >= grace))
+        };
         if path != keep
-            && name.starts_with(&prefix)
-            && name.ends_with(".ext4")
+            && same_kind
+            && old_enough()
             && let Err(e) = fs::remove_file(&path)
         {
-            tracing::warn!(path = %path.display(), error = %e, "cannot remove an old VM root disk");
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove a superseded VM file");
         }
     }
 }
@@ -201,6 +224,59 @@ pub(crate) fn file_sha256(path: &Path) -> Result<[u8; 32], RuntimeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn superseded_files_go_once_their_grace_has_passed() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let at = |name: &str| dir.path().join(name);
+        let two_days_ago = std::time::SystemTime::now() - Duration::from_secs(48 * 3600);
+        for name in [
+            "vm-initramfs-old.cpio",
+            "vm-initramfs-old.tmp4242",
+            "vm-initramfs-recent.cpio",
+            "vm-initramfs-new.cpio",
+            "vm-root-default-1-abc-old.ext4",
+            "vm-initramfs-unrelated.txt",
+        ] {
+            fs::write(at(name), name)?;
+        }
+        for name in [
+            "vm-initramfs-old.cpio",
+            "vm-initramfs-old.tmp4242",
+            "vm-root-default-1-abc-old.ext4",
+            "vm-initramfs-unrelated.txt",
+        ] {
+            fs::File::options()
+                .write(true)
+                .open(at(name))?
+                .set_modified(two_days_ago)?;
+        }
+
+        let keep = at("vm-initramfs-new.cpio");
+        remove_superseded(dir.path(), "vm-initramfs-", &keep, INITRAMFS_GRACE);
+
+        let mut left: Vec<String> = fs::read_dir(dir.path())?
+            .map(|entry| entry.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect::<Result<_, _>>()?;
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "vm-initramfs-new.cpio",
+                "vm-initramfs-recent.cpio",
+                "vm-initramfs-unrelated.txt",
+                "vm-root-default-1-abc-old.ext4",
+            ]
+        );
+
+        // Root disks go at once: running VMs hold theirs open.
+        let disk = at("vm-root-default-1-abc-new.ext4");
+        fs::write(&disk, "disk")?;
+        remove_superseded(dir.path(), "vm-root-default-1-abc-", &disk, Duration::ZERO);
+        assert!(!at("vm-root-default-1-abc-old.ext4").exists());
+        assert!(disk.exists());
+        Ok(())
+    }
 
     #[test]
     fn a_cached_image_whose_files_were_removed_is_built_again() {

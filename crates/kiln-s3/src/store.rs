@@ -125,6 +125,10 @@ enum Body {
     Unread,
 }
 
+/// Bodies (or ranges) up to this size are read into memory in one step: for them, mapping the
+/// file and reading ahead costs more than the copy, and the answer's head and body then leave
+/// in one write.
+const SMALL_BODY: u64 = 64 << 10;
 /// Bytes read into the page cache per step when streaming an object out.
 const READ_BLOCK: usize = 1 << 20;
 /// Blocks read ahead of the socket at most (they cost no memory of ours: the pages are the
@@ -215,13 +219,20 @@ fn stream_piece(
 
 /// Streams bytes `start..end` of a file as slices of a mapping of them, each handed out once
 /// [`read_ahead`] has read its pages into the page cache, for the connection to send from
-/// there ([`crate::sendfile`]).
+/// there ([`crate::sendfile`]). A stretch of at most [`SMALL_BODY`] bytes is read into memory
+/// instead.
 fn read_range(
     file: std::fs::File,
     start: u64,
     end: u64,
 ) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
     use futures::future::Either;
+    if end - start <= SMALL_BODY {
+        let read = tokio::task::spawn_blocking(move || read_small(&file, start, end));
+        return Either::Left(futures::stream::once(async move {
+            read.await.unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        }));
+    }
     let file = Arc::new(file);
     let (cached, ready) = tokio::sync::mpsc::channel(BLOCKS_AHEAD);
     tokio::spawn(read_ahead(Arc::clone(&file), start, end, cached));
@@ -235,7 +246,16 @@ fn read_range(
             Err(e) => Either::Right(futures::stream::iter([Err(e)])),
         }
     };
-    futures::stream::once(opened).flatten()
+    Either::Right(futures::stream::once(opened).flatten())
+}
+
+/// Reads bytes `start..end` of `file`, a stretch of at most [`SMALL_BODY`] (blocking).
+fn read_small(file: &std::fs::File, start: u64, end: u64) -> std::io::Result<Bytes> {
+    use std::os::unix::fs::FileExt;
+    let len = usize::try_from(end - start).map_err(std::io::Error::other)?;
+    let mut bytes = vec![0; len];
+    file.read_exact_at(&mut bytes, start)?;
+    Ok(Bytes::from(bytes))
 }
 
 /// Reads bytes `start..end` of `file` into the page cache block after block, in order, the
@@ -1172,6 +1192,8 @@ fn now_ms() -> i64 {
 
 #[cfg(test)]
 mod tests {
+    use futures::TryStreamExt;
+
     use super::*;
 
     const DAY: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
@@ -1338,6 +1360,40 @@ mod tests {
             .expect("copy");
         let copy = store.get_object("mpu", "copy").await.expect("get copy");
         assert!(read_all(copy, None).await == whole, "the copy's body");
+    }
+
+    #[tokio::test]
+    async fn bodies_on_either_side_of_the_small_size_read_back_whole_and_in_ranges() {
+        let (_root, store) = store_with_bucket().await;
+        let small = SMALL_BODY as usize;
+        for (key, len) in [("small", small), ("mapped", small + 1)] {
+            let bytes = pattern(len, 9);
+            store
+                .put_object("mpu", key, owned(bytes.clone()), PutOptions::default())
+                .await
+                .expect("put");
+            let object = store.get_object("mpu", key).await.expect("get");
+            let chunks: Vec<Bytes> = object
+                .into_stream(None)
+                .expect("stream")
+                .try_collect()
+                .await
+                .expect("read");
+            assert_eq!(chunks.concat(), bytes, "{key}: whole body");
+            assert_eq!(
+                chunks.len(),
+                1,
+                "{key}: one piece (read into memory, or one mapped block)"
+            );
+            for range in [0..1, len as u64 - 7..len as u64, 100..len as u64 - 100] {
+                let object = store.get_object("mpu", key).await.expect("get");
+                let want = &bytes[range.start as usize..range.end as usize];
+                assert!(
+                    read_all(object, Some(range.clone())).await == want,
+                    "{key}: {range:?}"
+                );
+            }
+        }
     }
 
     #[tokio::test]

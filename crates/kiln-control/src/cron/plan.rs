@@ -2,7 +2,7 @@
 //! after the one it last handled, so a pass over jobs that are not due costs a comparison each
 //! instead of a parse and a search through the calendar.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use kiln_store::CronJobRecord;
@@ -82,7 +82,7 @@ impl Plan {
 
     /// Forgets jobs that are gone.
     pub(crate) fn keep_only<'a>(&mut self, ids: impl IntoIterator<Item = &'a str>) {
-        let ids: std::collections::HashSet<&str> = ids.into_iter().collect();
+        let ids: HashSet<&str> = ids.into_iter().collect();
         self.jobs.retain(|id, _| ids.contains(id.as_str()));
     }
 }

@@ -173,8 +173,9 @@ impl GuestImageStore {
 
 /// Deletes the files beside `keep` that share its name's `prefix` and extension (older builds
 /// of the same thing) or are its kind's temporary files (`.tmp<pid>`, left by a crash), and
-/// were last written more than `grace` ago. VMs still running on a root disk keep it open, and an unlinked file lives
-/// as long as it is open, so this is safe while they run; their next boot uses the new file.
+/// were last written more than `grace` ago. VMs still running on a root disk keep it open,
+/// and an unlinked file lives as long as it is open, so this is safe while they run; their
+/// next boot uses the new file.
 fn remove_superseded(dir: &Path, prefix: &str, keep: &Path, grace: Duration) {
     let Some(extension) = keep.extension().and_then(|e| e.to_str()) else {
         return;

@@ -7,7 +7,9 @@
 //! hashes its body with MD5 (the ETag S3 clients expect), so the MD5 speed of the same bytes
 //! is printed too: it bounds what a PUT can reach. The 64 MiB object is also uploaded the way
 //! S3 clients upload large files, as a multipart upload of 8 MiB parts sent four at a time
-//! (the AWS CLI's part size), whose parts are hashed side by side.
+//! (the AWS CLI's part size), whose parts are hashed side by side. Last, 4 KiB objects (a web
+//! page's assets), whose GETs are bound by the work of each request rather than by bytes: their
+//! rate in requests a second.
 //! Run by `scripts/bench-platform.sh s3`.
 
 use std::io::{Read, Write};
@@ -15,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use kiln_api::apps::AppConfig;
 use kiln_api::buckets::{BucketConfig, PresignConfig};
 use kiln_testkit::Kiln;
@@ -129,6 +131,42 @@ async fn main() -> anyhow::Result<()> {
             );
         }
     }
+    small_gets(&api, &http).await
+}
+
+/// GETs of one 4 KiB object from the page cache, 16 in flight on kept-alive connections:
+/// prints the median rate of three passes of 20,000.
+async fn small_gets(api: &kiln_api::Client, http: &reqwest::Client) -> anyhow::Result<()> {
+    const SIZE: usize = 4 << 10;
+    const REQUESTS: usize = 20_000;
+    const IN_FLIGHT: usize = 16;
+    let body: Vec<u8> = (0..SIZE).map(|i| (i % 251) as u8).collect();
+    let answer = http
+        .put(presign(api, "PUT", "small").await?)
+        .body(body)
+        .send()
+        .await?;
+    if !answer.status().is_success() {
+        bail!("PUT answered {}: {}", answer.status(), answer.text().await?);
+    }
+    let url = presign(api, "GET", "small").await?;
+    get(http, &url, SIZE).await?;
+    let mut rates = Vec::new();
+    for _ in 0..3 {
+        let started = Instant::now();
+        futures::stream::iter(0..REQUESTS)
+            .map(|_| get(http, &url, SIZE))
+            .buffer_unordered(IN_FLIGHT)
+            .try_for_each(|_| async { Ok(()) })
+            .await?;
+        rates.push(REQUESTS as f64 / started.elapsed().as_secs_f64());
+    }
+    rates.sort_by(f64::total_cmp);
+    println!();
+    println!(
+        "4 KiB    GET cached  {:>10.0} requests/s ({IN_FLIGHT} in flight, median of 3 passes of {REQUESTS})",
+        rates[1]
+    );
     Ok(())
 }
 

@@ -2,7 +2,8 @@
 # Benchmarks through the real API on a release build (needs root):
 #   scripts/bench-platform.sh sandbox   sandbox create → first exec, beside raw baselines
 #   scripts/bench-platform.sh deploy    promotion and rollback times
-#   scripts/bench-platform.sh s3        S3 PUT/GET throughput (1 MiB, 64 MiB) beside raw disk I/O
+#   scripts/bench-platform.sh s3        S3 PUT/GET throughput (1 MiB, 64 MiB) beside raw disk I/O;
+#                                       4 KiB GETs a second
 #   scripts/bench-platform.sh databases managed database provision → healthy, per engine
 #   scripts/bench-platform.sh boot      machine boot → guest agent ready, process and qemu
 set -euo pipefail

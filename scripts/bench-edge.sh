@@ -3,8 +3,9 @@
 # body) on loopback, measured in one run with `wrk -t1 -c32 -d8s`. wrk shares the cores with
 # the proxies, so compare the ratios printed here, not absolute figures across runs. Caddy runs
 # twice: as installed (all cores) and held to one (GOMAXPROCS=1), like nginx's one worker and the
-# 1-thread edge; nginx runs with one worker and, like the 2-thread edge, one per core. The 2-thread edge also runs with each worker pinned to a core
-# (`KILN_EDGE_PIN_WORKERS`). Each row also gives the CPU time its proxy spent per request.
+# 1-thread edge; nginx runs with one worker and, like the 2-thread edge, with one per core. The
+# 2-thread edge also runs with each worker pinned to a core (`KILN_EDGE_PIN_WORKERS`). Each row
+# also gives the CPU time its proxy spent per request.
 # Then one more run of the 2-thread edge while a brand-new 1,001-route table is published
 # BENCH_CHURN times a second (`kiln-edge-bench --churn`): its figures, failed requests and the
 # achieved publish rate are printed beside the plain run's, and the script exits non-zero if any
@@ -171,8 +172,7 @@ GOMAXPROCS=1 XDG_DATA_HOME="$tmp/caddy1" XDG_CONFIG_HOME="$tmp/caddy1" HOME="$tm
 pids+=($!)
 caddy1_pid=$!
 
-# Every target must answer with the upstream's own body: a proxy that answers by itself (a
-# host it does not route, say) would otherwise be measured as if it relayed.
+# Waits until the target answers, and stops the script unless the answer is the upstream's body.
 wait_http() { # url expected-body
     local body=""
     for _ in $(seq 100); do

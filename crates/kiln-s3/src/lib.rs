@@ -15,6 +15,7 @@ mod names;
 mod object_file;
 mod pending;
 mod presign;
+mod readers;
 mod sendfile;
 mod server;
 mod stage;

@@ -7,7 +7,8 @@
 //! Completing an upload moves its directory beside the object files as `.parts-<id>`, where
 //! the object's body stays. When the object is replaced or deleted that directory is renamed
 //! `.retired-<id>-<unix secs>`: a GET still streaming it holds the directory open and reads
-//! on, and the hourly sweep removes it later.
+//! on, and the hourly sweep removes it once it has been retired for an hour and no GET is
+//! reading it ([`crate::readers`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Seek, SeekFrom};
@@ -28,6 +29,7 @@ use crate::object_file::{
     self, ObjectMeta, Purpose, Segments, part_file_name, retire, segments_dir_name, sync_dir,
 };
 use crate::pending::{Hashing, PendingFile};
+use crate::readers::{Readers, Reading};
 
 /// S3's minimum size of every part but the last.
 pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
@@ -120,6 +122,8 @@ enum Body {
     Parts {
         dir: Arc<std::fs::File>,
         parts: Vec<(i32, u64)>,
+        /// Keeps the sweep off the parts until the body's stream is dropped.
+        reading: Reading,
     },
     /// Not opened (HEAD, listings).
     Unread,
@@ -144,9 +148,15 @@ impl OpenObject {
         range: Option<Range<u64>>,
     ) -> Result<impl Stream<Item = std::io::Result<Bytes>> + Send + 'static, ObjectStoreError> {
         let range = range.unwrap_or(0..self.meta.size);
+        let mut reading = None;
         let pieces = match self.body {
             Body::Whole(file) => vec![(Piece::Open(file), 0, self.meta.size)],
-            Body::Parts { dir, parts } => {
+            Body::Parts {
+                dir,
+                parts,
+                reading: guard,
+            } => {
+                reading = Some(guard);
                 let mut pieces = Vec::new();
                 let mut start = 0;
                 for (number, size) in parts {
@@ -169,10 +179,14 @@ impl OpenObject {
         let first = stretches
             .next()
             .map(|(piece, from, to)| stream_piece(piece, from, to));
-        Ok(futures::stream::iter(first).flatten().chain(
+        let stream = futures::stream::iter(first).flatten().chain(
             futures::stream::iter(stretches)
                 .flat_map(|(piece, from, to)| stream_piece(piece, from, to)),
-        ))
+        );
+        // The guard lives as long as the stream.
+        Ok(stream.inspect(move |_| {
+            let _ = &reading;
+        }))
     }
 }
 
@@ -337,6 +351,8 @@ pub struct ObjectStore {
     root: PathBuf,
     /// Shared by every clone: they are one store.
     keys: Arc<KeyIndex>,
+    /// The multipart bodies being read, shared by every clone too.
+    readers: Readers,
 }
 
 impl ObjectStore {
@@ -352,6 +368,7 @@ impl ObjectStore {
         let store = ObjectStore {
             root,
             keys: Arc::default(),
+            readers: Readers::default(),
         };
         store.sweep().await?;
         Ok(store)
@@ -367,7 +384,12 @@ impl ObjectStore {
             let dir = self.bucket_dir(&bucket);
             remove_temp_files(&dir.join("objects")).await?;
             self.remove_unused_parts(&bucket).await?;
-            remove_retired_parts(&dir.join("objects"), std::time::Duration::ZERO).await?;
+            remove_retired_parts(
+                &dir.join("objects"),
+                std::time::Duration::ZERO,
+                &self.readers,
+            )
+            .await?;
             let uploads = dir.join("uploads");
             let mut entries = tokio::fs::read_dir(&uploads)
                 .await
@@ -579,10 +601,12 @@ impl ObjectStore {
                 (None, Purpose::Body) => Body::Whole(file),
                 (Some(segments), Purpose::Body) => {
                     let parts_dir = dir.join(segments_dir_name(&segments.upload));
+                    let reading = self.readers.enter(&segments.upload);
                     match tokio::fs::File::open(&parts_dir).await {
                         Ok(opened) => Body::Parts {
                             dir: Arc::new(opened.into_std().await),
                             parts: segments.parts.clone(),
+                            reading,
                         },
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                         Err(e) => return Err(io_err("open", &parts_dir)(e)),
@@ -941,14 +965,15 @@ impl ObjectStore {
         Ok(aborted)
     }
 
-    /// Removes the parts of multipart objects replaced or deleted at least `grace` ago (a GET
-    /// that started before then may still be reading them).
+    /// Removes the parts of multipart objects replaced or deleted at least `grace` ago that no
+    /// GET is reading.
     pub async fn remove_retired_parts(
         &self,
         grace: std::time::Duration,
     ) -> Result<(), ObjectStoreError> {
         for bucket in self.bucket_names().await? {
-            remove_retired_parts(&self.bucket_dir(&bucket).join("objects"), grace).await?;
+            let objects = self.bucket_dir(&bucket).join("objects");
+            remove_retired_parts(&objects, grace, &self.readers).await?;
         }
         Ok(())
     }
@@ -1069,18 +1094,22 @@ async fn hidden_entries(dir: &Path) -> Result<Vec<(String, PathBuf)>, ObjectStor
 }
 
 /// Removes the `.retired-<id>-<unix secs>` directories of an objects directory retired at
-/// least `grace` ago.
+/// least `grace` ago whose upload no GET is reading.
 async fn remove_retired_parts(
     dir: &Path,
     grace: std::time::Duration,
+    readers: &Readers,
 ) -> Result<(), ObjectStoreError> {
     let now = chrono::Utc::now().timestamp();
     for (name, path) in hidden_entries(dir).await? {
-        let retired_at = name
+        let Some((upload, retired_at)) = name
             .strip_prefix(".retired-")
             .and_then(|rest| rest.rsplit_once('-'))
-            .and_then(|(_, secs)| secs.parse::<i64>().ok());
-        if retired_at.is_some_and(|at| now - at >= grace.as_secs() as i64) {
+            .and_then(|(upload, secs)| Some((upload, secs.parse::<i64>().ok()?)))
+        else {
+            continue;
+        };
+        if now - retired_at >= grace.as_secs() as i64 && !readers.busy(upload) {
             tokio::fs::remove_dir_all(&path)
                 .await
                 .map_err(io_err("remove", &path))?;
@@ -1484,6 +1513,40 @@ mod tests {
             store.get_object("mpu", "obj").await,
             Err(ObjectStoreError::NoSuchKey(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn the_sweep_leaves_retired_parts_alone_while_a_get_reads_them() {
+        let (root, store) = store_with_bucket().await;
+        let parts = [pattern(MIN_PART_SIZE as usize, 6), pattern(3000, 7)];
+        multipart(&store, "obj", &parts).await;
+        let object = store.get_object("mpu", "obj").await.expect("get");
+        let mut stream = Box::pin(object.into_stream(None).expect("stream"));
+        // The first part is being read; the second is not open yet.
+        let first = stream.next().await.expect("a chunk").expect("read");
+        store.delete_object("mpu", "obj").await.expect("delete");
+
+        store
+            .remove_retired_parts(std::time::Duration::ZERO)
+            .await
+            .expect("sweep");
+        let names = hidden(root.path());
+        assert!(
+            names.len() == 1 && names[0].starts_with(".retired-"),
+            "kept while read: {names:?}"
+        );
+        let mut got = first.to_vec();
+        while let Some(chunk) = stream.next().await {
+            got.extend_from_slice(&chunk.expect("the rest, second part included"));
+        }
+        assert!(got == parts.concat(), "the whole body");
+
+        drop(stream);
+        store
+            .remove_retired_parts(std::time::Duration::ZERO)
+            .await
+            .expect("sweep");
+        assert!(hidden(root.path()).is_empty(), "gone once the GET is done");
     }
 
     #[tokio::test]

@@ -119,24 +119,15 @@ pub(crate) async fn handle(
         return pages::response(PageKind::BadRequest, brand, req.headers());
     }
 
-    let route = match table.resolve(&host) {
-        Resolution::Route(route) => route,
-        Resolution::Unknown(site) => {
-            let brand = site.map_or(fallback, |site| &site.brand);
-            return pages::response(PageKind::NotFound, brand, req.headers());
+    let (route, upstream) = match table.pick(&host) {
+        Some(picked) => picked,
+        None => {
+            let (kind, brand) = page_without_machine(&table, &host, fallback);
+            return pages::response(kind, brand, req.headers());
         }
     };
     let brand: &Brand = &route.brand;
     let unanswered = unanswered_page(route);
-    let upstream = match (&route.backend, table.pick(&host).map(|(_, addr)| addr)) {
-        (_, Some(addr)) => addr,
-        (Backend::Starting, None) => {
-            return pages::response(PageKind::Starting, brand, req.headers());
-        }
-        (Backend::Stopped | Backend::Ready(_), None) => {
-            return pages::response(PageKind::NotRunning, brand, req.headers());
-        }
-    };
 
     let limit = shared.config.max_request_body;
     match declared_length(req.headers()) {
@@ -250,6 +241,25 @@ pub(crate) async fn handle(
     // The downstream connection has its own version; hyper frames the answer for it.
     parts.version = Version::HTTP_11;
     Response::from_parts(parts, EdgeBody::Upstream(body))
+}
+
+/// The page, and its brand, for a request to `host` when it has no machine to relay to: an
+/// unknown host's 404, a starting route's loading page, or a stopped route's 502.
+pub(crate) fn page_without_machine<'t>(
+    table: &'t RouteTable,
+    host: &str,
+    fallback: &'t Brand,
+) -> (PageKind, &'t Brand) {
+    match table.resolve(host) {
+        Resolution::Route(route) => match route.backend {
+            Backend::Starting => (PageKind::Starting, &route.brand),
+            Backend::Stopped | Backend::Ready(_) => (PageKind::NotRunning, &route.brand),
+        },
+        Resolution::Unknown(site) => (
+            PageKind::NotFound,
+            site.map_or(fallback, |site| &site.brand),
+        ),
+    }
 }
 
 /// The page for a request its route's machine did not answer. A preview's dev server

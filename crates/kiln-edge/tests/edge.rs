@@ -1070,6 +1070,42 @@ async fn json_clients_get_json_errors() {
     assert_eq!(json["error"]["code"], "timeout");
 }
 
+/// Pages for hosts with no machine keep the connection for the next request, as an app's
+/// answers do, and a HEAD request gets a page's headers without its body.
+#[tokio::test]
+async fn pages_keep_the_connection_and_a_head_gets_no_body() {
+    let f = Fixture::start().await;
+    let answer = raw(
+        f.edge,
+        b"HEAD / HTTP/1.1\r\nHost: refused.clinic.test\r\n\r\n\
+          HEAD / HTTP/1.1\r\nHost: stopped.clinic.test\r\n\r\n\
+          GET / HTTP/1.1\r\nHost: starting.clinic.test\r\n\r\n\
+          GET / HTTP/1.1\r\nHost: nope.clinic.test\r\n\r\n\
+          GET /hello HTTP/1.1\r\nHost: app.clinic.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let mut rest = answer.as_str();
+    let mut answers = Vec::new();
+    for head_request in [true, true, false, false, false] {
+        let (head, after) = rest
+            .split_once("\r\n\r\n")
+            .unwrap_or_else(|| panic!("an answer's head in {rest:?}"));
+        let length: usize = head
+            .lines()
+            .find_map(|line| line.strip_prefix("content-length: "))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("a content-length in {head:?}"));
+        let body_len = if head_request { 0 } else { length };
+        answers.push((status_of(head), after[..body_len].to_owned()));
+        rest = &after[body_len..];
+    }
+    assert_eq!(rest, "", "nothing after the last answer");
+    let statuses: Vec<u16> = answers.iter().map(|(status, _)| *status).collect();
+    assert_eq!(statuses, [502, 502, 503, 404, 200]);
+    assert!(answers[2].1.contains("Clinic Cloud"), "{}", answers[2].1);
+    assert_eq!(answers[4].1, "hello from clinic-app");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Bad and hostile input.
 

@@ -9,12 +9,14 @@
 //! nginx spends on the whole request. Here a request costs two `httparse` passes, two buffer
 //! rewrites and four system calls.
 //!
-//! Only the common case comes here: an HTTP/1.1 request with one `Host` that names a route
-//! with a ready machine, no upgrade, no `Expect`, and at most a small body of declared length.
-//! Anything else, valid or not, is handed to hyper with every byte read so far, from the start
-//! of that request, so hyper's checks and the branded pages stay the one implementation of
-//! everything unusual. Machine answers of any framing are relayed: by length, chunked (its
-//! end found as it passes, not re-encoded), or until the machine closes.
+//! Only the common case comes here: an HTTP/1.1 request with one `Host`, no upgrade, no
+//! `Expect`, and at most a small body of declared length. It is relayed when its host names a
+//! route with a ready machine, and answered with the branded page otherwise (unknown host,
+//! starting, stopped: the same pages hyper's side renders). Anything else, valid or not, is
+//! handed to hyper with every byte read so far, from the start of that request, so hyper's
+//! checks stay the one implementation of everything unusual. Machine answers of any framing
+//! are relayed: by length, chunked (its end found as it passes, not re-encoded), or until the
+//! machine closes.
 
 mod chunked;
 mod deadline;
@@ -27,7 +29,7 @@ use std::pin::pin;
 use std::time::SystemTime;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -124,8 +126,17 @@ where
 
         let table = shared.routes.current();
         let Some((route, addr)) = table.pick(&plain.host) else {
-            // No machine to relay to: hyper answers with the right page.
-            return Ended::HandOver(buf.freeze());
+            // No machine to relay to. The page is answered here, so a browser that keeps
+            // retrying a starting preview stays on this path once the machine is ready.
+            let (kind, brand) =
+                proxy::page_without_machine(&table, &plain.host, &config.fallback_brand);
+            let page = page_bytes(kind, brand, &plain);
+            buf.advance(plain.len);
+            if io.write_all(&page).await.is_err() || plain.close || drain.is_cancelled() {
+                let _ = io.shutdown().await;
+                return Ended::Closed;
+            }
+            continue;
         };
         answer_deadline.set(Instant::now() + config.upstream_response_timeout);
         let exchange = Exchange {
@@ -142,7 +153,7 @@ where
                     Failed::TimedOut => PageKind::Timeout,
                     _ => proxy::unanswered_page(route),
                 };
-                let page = page_bytes(kind, &route.brand, plain.accept.as_ref(), plain.close);
+                let page = page_bytes(kind, &route.brand, &plain);
                 if io.write_all(&page).await.is_err() {
                     return Ended::Closed;
                 }
@@ -371,11 +382,11 @@ impl BodyLeft {
     }
 }
 
-/// A page the edge answers with itself, as bytes on the wire (hyper frames the same pages on
-/// its side).
-fn page_bytes(kind: PageKind, brand: &Brand, accept: Option<&HeaderValue>, close: bool) -> Vec<u8> {
+/// A page the edge answers `request` with itself, as bytes on the wire (hyper frames the same
+/// pages on its side): headers only for a HEAD request.
+fn page_bytes(kind: PageKind, brand: &Brand, request: &Plain) -> Vec<u8> {
     let mut request_headers = HeaderMap::new();
-    if let Some(accept) = accept {
+    if let Some(accept) = &request.accept {
         request_headers.insert(header::ACCEPT, accept.clone());
     }
     let (parts, body) = pages::response(kind, brand, &request_headers).into_parts();
@@ -406,10 +417,12 @@ fn page_bytes(kind: PageKind, brand: &Brand, accept: Option<&HeaderValue>, close
         )
         .as_bytes(),
     );
-    if close {
+    if request.close {
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(&body);
+    if !request.head_method {
+        out.extend_from_slice(&body);
+    }
     out
 }

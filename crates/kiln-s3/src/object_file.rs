@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ObjectStoreError, io_err};
@@ -161,26 +162,57 @@ pub(crate) async fn open(
     purpose: Purpose,
 ) -> Result<Option<(std::fs::File, ObjectMeta)>, ObjectStoreError> {
     let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || open_blocking(&path, purpose))
+        .await
+        .map_err(|e| ObjectStoreError::Internal(format!("open task failed: {e}")))?
+}
+
+/// Opens an object file for its body and, when the body is all in this file and at most
+/// `small` bytes, reads it too, in the same trip to the blocking pool: for a small object the
+/// trips, not the bytes, are the cost.
+pub(crate) async fn open_body(
+    path: &Path,
+    small: u64,
+) -> Result<Option<(std::fs::File, ObjectMeta, Option<Bytes>)>, ObjectStoreError> {
+    use std::os::unix::fs::FileExt;
+    let path = path.to_path_buf();
     tokio::task::spawn_blocking(move || {
-        let mut file = match std::fs::File::open(&path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_err("open", &path)(e)),
+        let Some((file, meta)) = open_blocking(&path, Purpose::Body)? else {
+            return Ok(None);
         };
-        if purpose == Purpose::Body && file.metadata().is_ok_and(|m| m.len() <= READ_AHEAD_WHOLE) {
-            // Only a hint: failure changes nothing but speed.
-            let _ = nix::fcntl::posix_fadvise(
-                &file,
-                0,
-                0,
-                nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
-            );
+        if meta.segments.is_some() || meta.size > small {
+            return Ok(Some((file, meta, None)));
         }
-        let meta = read_meta(&mut file, &path)?;
-        Ok(Some((file, meta)))
+        // The body comes first in the file, before the trailer.
+        let mut body = vec![0; usize::try_from(meta.size).unwrap_or(usize::MAX)];
+        file.read_exact_at(&mut body, 0)
+            .map_err(io_err("read", &path))?;
+        Ok(Some((file, meta, Some(Bytes::from(body)))))
     })
     .await
     .map_err(|e| ObjectStoreError::Internal(format!("open task failed: {e}")))?
+}
+
+fn open_blocking(
+    path: &Path,
+    purpose: Purpose,
+) -> Result<Option<(std::fs::File, ObjectMeta)>, ObjectStoreError> {
+    let mut file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err("open", path)(e)),
+    };
+    if purpose == Purpose::Body && file.metadata().is_ok_and(|m| m.len() <= READ_AHEAD_WHOLE) {
+        // Only a hint: failure changes nothing but speed.
+        let _ = nix::fcntl::posix_fadvise(
+            &file,
+            0,
+            0,
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
+        );
+    }
+    let meta = read_meta(&mut file, path)?;
+    Ok(Some((file, meta)))
 }
 
 /// Disposes of an object file that a publish or a delete has just unnamed (renamed to a

@@ -114,6 +114,8 @@ pub struct OpenObject {
 
 /// Where an open object's bytes are.
 enum Body {
+    /// Already read: a small object, read as it was opened.
+    Small(Bytes),
     /// In the object's own file.
     Whole(std::fs::File),
     /// In the part files of a multipart object's directory, held open so that a replace or
@@ -147,9 +149,16 @@ impl OpenObject {
         self,
         range: Option<Range<u64>>,
     ) -> Result<impl Stream<Item = std::io::Result<Bytes>> + Send + 'static, ObjectStoreError> {
+        use futures::future::Either;
         let range = range.unwrap_or(0..self.meta.size);
         let mut reading = None;
         let pieces = match self.body {
+            Body::Small(bytes) => {
+                let len = bytes.len() as u64;
+                let (from, to) = (range.start.min(len), range.end.min(len));
+                let slice = bytes.slice(from as usize..to.max(from) as usize);
+                return Ok(Either::Left(futures::stream::iter([Ok(slice)])));
+            }
             Body::Whole(file) => vec![(Piece::Open(file), 0, self.meta.size)],
             Body::Parts {
                 dir,
@@ -184,9 +193,9 @@ impl OpenObject {
                 .flat_map(|(piece, from, to)| stream_piece(piece, from, to)),
         );
         // The guard lives as long as the stream.
-        Ok(stream.inspect(move |_| {
+        Ok(Either::Right(stream.inspect(move |_| {
             let _ = &reading;
-        }))
+        })))
     }
 }
 
@@ -587,19 +596,31 @@ impl ObjectStore {
         key: &str,
         purpose: Purpose,
     ) -> Result<OpenObject, ObjectStoreError> {
-        let dir = self.objects_dir(bucket).await?;
+        // Whether the bucket exists is asked only when the object is not found: a hit costs
+        // one trip to the blocking pool, which for a small object is most of its cost.
+        let dir = self.objects_path(bucket)?;
         let path = dir.join(key_to_file_name(key));
         // A multipart object replaced between reading its file and opening its parts has had
         // its parts retired; reading the file again finds what replaced it.
         for _ in 0..3 {
-            let (file, meta) = match object_file::open(&path, purpose).await? {
-                Some((file, meta)) if meta.key == key => (file, meta),
-                _ => return Err(ObjectStoreError::NoSuchKey(key.to_owned())),
+            let opened = match purpose {
+                Purpose::Meta => object_file::open(&path, purpose)
+                    .await?
+                    .map(|(file, meta)| (file, meta, None)),
+                Purpose::Body => object_file::open_body(&path, SMALL_BODY).await?,
             };
-            let body = match (&meta.segments, purpose) {
-                (_, Purpose::Meta) => Body::Unread,
-                (None, Purpose::Body) => Body::Whole(file),
-                (Some(segments), Purpose::Body) => {
+            let (file, meta, small) = match opened {
+                Some(opened) if opened.1.key == key => opened,
+                _ => {
+                    self.objects_dir(bucket).await?;
+                    return Err(ObjectStoreError::NoSuchKey(key.to_owned()));
+                }
+            };
+            let body = match (&meta.segments, purpose, small) {
+                (_, Purpose::Meta, _) => Body::Unread,
+                (None, Purpose::Body, Some(bytes)) => Body::Small(bytes),
+                (None, Purpose::Body, None) => Body::Whole(file),
+                (Some(segments), Purpose::Body, _) => {
                     let parts_dir = dir.join(segments_dir_name(&segments.upload));
                     let reading = self.readers.enter(&segments.upload);
                     match tokio::fs::File::open(&parts_dir).await {

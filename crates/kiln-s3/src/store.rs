@@ -218,8 +218,8 @@ fn open_part_at(dir: &std::fs::File, number: i32) -> std::io::Result<std::fs::Fi
 }
 
 /// Streams bytes `start..end` of a piece. An open file is mapped and its first block read at
-/// once, before the answer's head goes out; a part is opened (on the blocking pool) only
-/// once the stream reaches it.
+/// once (a stretch of at most [`SMALL_BODY`] is read outright), before the answer's head goes
+/// out; a part is opened (on the blocking pool) only once the stream reaches it.
 fn stream_piece(
     piece: Piece,
     start: u64,

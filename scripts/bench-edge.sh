@@ -109,6 +109,8 @@ edge1_pid=$!
 edge1="$(addr_of "$tmp/edge1.out" edge)"
 
 # --- nginx: one worker, keep-alive to the upstream ----------------------------------------------
+# It sends the upstream what the edge and caddy send: the client's Host and the X-Forwarded-*
+# headers (the edge appends to a client's X-Forwarded-For, as `$proxy_add_x_forwarded_for` does).
 mkdir -p "$tmp/nginx"
 cat >"$tmp/nginx/nginx.conf" <<EOF
 daemon off;
@@ -132,6 +134,9 @@ http {
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_set_header Host \$host;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+            proxy_set_header X-Forwarded-Host \$host;
         }
     }
 }

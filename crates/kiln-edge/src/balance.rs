@@ -23,6 +23,8 @@ pub(crate) struct Balance {
 pub(crate) struct Handed {
     pub(crate) stream: std::net::TcpStream,
     pub(crate) remote: SocketAddr,
+    /// It came to the TLS listener: the handshake is still to be done.
+    pub(crate) tls: bool,
     pub(crate) live: Live,
 }
 
@@ -164,6 +166,7 @@ mod tests {
                 Handed {
                     stream,
                     remote,
+                    tls: false,
                     live,
                 },
             );

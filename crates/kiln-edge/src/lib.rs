@@ -3,7 +3,8 @@
 //! It routes every request by host through one shared [`RouteTable`] (previews, production
 //! hosts and custom domains alike), streams it to one of the route's machines over pooled
 //! HTTP/1.1 connections, and streams the answer back: HTTP/1.1 and HTTP/2 (prior knowledge)
-//! on one listener, WebSocket upgrades spliced through. Every answer it makes itself (unknown
+//! on one listener, and both over TLS (HTTP/2 chosen by ALPN) on another if it has one
+//! ([`Edge::with_tls`]); WebSocket upgrades spliced through. Every answer it makes itself (unknown
 //! host, app stopped or starting, timeout, too large, bad request) is a page in the org's brand
 //! and never names the platform.
 //!
@@ -31,6 +32,7 @@ mod proxy;
 mod relay;
 mod routes;
 mod server;
+mod tls;
 mod upstream;
 mod wire;
 
@@ -48,6 +50,7 @@ pub use crate::routes::{
     Backend, Brand, OrgSite, Resolution, Route, RouteKind, RouteTable, RouteTableError, Routes,
     normalize_host,
 };
+pub use crate::tls::{Certificate, LocalIssuer, TlsConfig, TlsError};
 
 /// Limits and timeouts of the edge.
 #[derive(Debug, Clone)]
@@ -130,12 +133,16 @@ pub enum EdgeError {
     /// The edge did not answer the probe in time.
     #[error("probe through the edge timed out after {0:?}")]
     ProbeTimeout(Duration),
+    /// The TLS settings cannot be used.
+    #[error("TLS settings of the edge: {0}")]
+    Tls(#[from] TlsError),
 }
 
 /// The edge proxy. Build it with [`Edge::new`] and run it with [`Edge::serve`].
 pub struct Edge {
     shared: Arc<proxy::Shared>,
     protocols: Arc<server::Protocols>,
+    tls: Option<server::TlsListener>,
 }
 
 impl Edge {
@@ -146,7 +153,17 @@ impl Edge {
         Edge {
             shared: Arc::new(proxy::Shared { config, routes }),
             protocols,
+            tls: None,
         }
+    }
+
+    /// Also serves HTTPS on `listener`: each handshake gets its certificate by SNI from `tls`,
+    /// and ALPN picks HTTP/2 or HTTP/1.1. Requests are routed by `Host` as on plain HTTP and
+    /// reach machines with `X-Forwarded-Proto: https`.
+    pub fn with_tls(mut self, listener: TcpListener, tls: TlsConfig) -> Result<Edge, EdgeError> {
+        let acceptor = tls::acceptor(tls, self.shared.routes.clone())?;
+        self.tls = Some(server::TlsListener { listener, acceptor });
+        Ok(self)
     }
 
     /// Serves connections from `listener` on [`EdgeConfig::workers`] threads of its own until
@@ -158,7 +175,7 @@ impl Edge {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), EdgeError> {
-        server::serve(self.shared, self.protocols, listener, shutdown).await
+        server::serve(self.shared, self.protocols, listener, self.tls, shutdown).await
     }
 }
 

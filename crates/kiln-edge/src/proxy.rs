@@ -62,6 +62,8 @@ pub(crate) struct ConnInfo {
     /// The client's address as forwarded in `X-Forwarded-For`, rendered once per connection.
     pub(crate) client_ip: HeaderValue,
     pub(crate) http2: bool,
+    /// It came over TLS.
+    pub(crate) secure: bool,
     /// The framing scanner's findings (HTTP/1 only).
     pub(crate) framing: Option<Arc<FramingVerdict>>,
     /// Requests seen so far; HTTP/1 handles them strictly in order, so this is the index the
@@ -426,7 +428,8 @@ fn upstream_request(
         }
         Err(_) => return Err(parts.headers),
     }
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    let proto = if conn.secure { "https" } else { "http" };
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     headers.insert(X_FORWARDED_HOST, host_value.clone());
 
     parts.uri = uri;

@@ -168,6 +168,12 @@ impl RouteTable {
         }
     }
 
+    /// Whether the edge answers for `host` (normalised) itself: it has a route, or it lies
+    /// under an org's base domain and gets that org's pages.
+    pub(crate) fn serves(&self, host: &str) -> bool {
+        self.routes.contains_key(host) || self.site_for(host).is_some()
+    }
+
     /// The org site whose base domain is the longest suffix of `host` on a label boundary.
     pub fn site_for(&self, host: &str) -> Option<&OrgSite> {
         // Walking from the full host towards the root finds the longest match first, in as

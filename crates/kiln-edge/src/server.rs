@@ -1,7 +1,8 @@
-//! Accepting connections, choosing HTTP/1.1 or HTTP/2 for each, and shutting down gracefully.
+//! Accepting connections, plain and TLS, choosing HTTP/1.1 or HTTP/2 for each, and shutting
+//! down gracefully.
 //!
-//! Connections are served over any `AsyncRead + AsyncWrite` stream, so a TLS acceptor can sit
-//! in front later without touching anything below [`serve_connection`].
+//! Connections are served over any `AsyncRead + AsyncWrite` stream, so TLS is a handshake in
+//! front of [`serve_connection`] and nothing below it changes.
 
 use std::convert::Infallible;
 use std::io;
@@ -19,6 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
@@ -62,6 +64,12 @@ impl Protocols {
     }
 }
 
+/// The HTTPS listener and how its handshakes are done.
+pub(crate) struct TlsListener {
+    pub(crate) listener: TcpListener,
+    pub(crate) acceptor: TlsAcceptor,
+}
+
 /// Tokens that end connections at shutdown: `drain` stops accepting and asks connections to
 /// finish their current requests; `abort` ends those still open when the grace period is over.
 #[derive(Clone)]
@@ -75,6 +83,7 @@ pub(crate) async fn serve(
     shared: Arc<Shared>,
     protocols: Arc<Protocols>,
     listener: TcpListener,
+    tls: Option<TlsListener>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), EdgeError> {
     let stop = Stop {
@@ -89,6 +98,12 @@ pub(crate) async fn serve(
     // runtime; the kernel hands each new connection to one of them, and the balance moves it
     // to a worker with fewer connections if there is one.
     let listener = listener.into_std().map_err(EdgeError::Listener)?;
+    let tls = match tls {
+        Some(TlsListener { listener, acceptor }) => {
+            Some((listener.into_std().map_err(EdgeError::Listener)?, acceptor))
+        }
+        None => None,
+    };
     let (balance, inboxes) = Balance::new(shared.config.workers.max(1));
     let cpus = if shared.config.pin_workers {
         affinity::allowed_cpus()
@@ -99,6 +114,13 @@ pub(crate) async fn serve(
     for (index, inbox) in inboxes.into_iter().enumerate() {
         let cpu = (!cpus.is_empty()).then(|| cpus[index % cpus.len()]);
         let listener = listener.try_clone().map_err(EdgeError::Listener)?;
+        let tls = match &tls {
+            Some((listener, acceptor)) => Some((
+                listener.try_clone().map_err(EdgeError::Listener)?,
+                acceptor.clone(),
+            )),
+            None => None,
+        };
         let place = Place {
             balance: Arc::clone(&balance),
             index,
@@ -116,13 +138,14 @@ pub(crate) async fn serve(
                 if let Some(cpu) = cpu {
                     affinity::pin_current_thread(cpu);
                 }
-                runtime.block_on(worker(shared, protocols, listener, place, stop));
+                runtime.block_on(worker(shared, protocols, listener, tls, place, stop));
                 let _ = done.send(());
             })
             .map_err(EdgeError::Worker)?;
         exited.push(done_rx);
     }
     drop(listener);
+    drop(tls);
 
     shutdown.await;
     stop.drain.cancel();
@@ -158,16 +181,25 @@ async fn worker(
     shared: Arc<Shared>,
     protocols: Arc<Protocols>,
     listener: std::net::TcpListener,
+    tls: Option<(std::net::TcpListener, TlsAcceptor)>,
     mut place: Place,
     stop: Stop,
 ) {
-    let listener = match TcpListener::from_std(listener) {
-        Ok(listener) => listener,
+    let registered = TcpListener::from_std(listener).and_then(|listener| {
+        let tls = match tls {
+            Some((listener, acceptor)) => Some((TcpListener::from_std(listener)?, acceptor)),
+            None => None,
+        };
+        Ok((listener, tls))
+    });
+    let (listener, tls) = match registered {
+        Ok(registered) => registered,
         Err(e) => {
-            warn!(error = %e, "edge worker could not register the listener");
+            warn!(error = %e, "edge worker could not register its listeners");
             return;
         }
     };
+    let acceptor = tls.as_ref().map(|(_, acceptor)| acceptor.clone());
     let worker = Arc::new(Worker {
         upstream: proxy::upstream_pool(&shared.config),
         relay: relay::Pool::new(
@@ -177,19 +209,35 @@ async fn worker(
         tasks: TaskTracker::new(),
         stopping: stop.drain.clone(),
     });
-    let serve = |stream: TcpStream, remote: SocketAddr, live: Live| {
-        let connection = serve_connection(
-            Arc::clone(&shared),
-            Arc::clone(&protocols),
-            Arc::clone(&worker),
-            stream,
-            remote,
-            stop.clone(),
-        );
-        worker.tasks.spawn(async move {
-            connection.await;
-            drop(live);
-        });
+    let serve = |stream: TcpStream, remote: SocketAddr, tls: bool, live: Live| {
+        let shared = Arc::clone(&shared);
+        let protocols = Arc::clone(&protocols);
+        let worker_ = Arc::clone(&worker);
+        let stop = stop.clone();
+        match acceptor.clone().filter(|_| tls) {
+            Some(acceptor) => worker.tasks.spawn(async move {
+                let timeout = shared.config.header_read_timeout;
+                let handshake = tokio::select! {
+                    () = stop.drain.cancelled() => return,
+                    done = tokio::time::timeout(timeout, acceptor.accept(stream)) => done,
+                };
+                match handshake {
+                    Ok(Ok(stream)) => {
+                        serve_connection(shared, protocols, worker_, stream, remote, true, stop)
+                            .await;
+                    }
+                    Ok(Err(e)) => debug!(%remote, error = %e, "TLS handshake failed"),
+                    Err(_elapsed) => {
+                        debug!(%remote, "no TLS handshake within the header read timeout")
+                    }
+                }
+                drop(live);
+            }),
+            None => worker.tasks.spawn(async move {
+                serve_connection(shared, protocols, worker_, stream, remote, false, stop).await;
+                drop(live);
+            }),
+        };
     };
     let mut sweep = tokio::time::interval(proxy::UPSTREAM_IDLE_TIMEOUT / 3);
     loop {
@@ -201,34 +249,68 @@ async fn worker(
                 worker.relay.sweep();
             }
             Some(handed) = place.inbox.recv() => match TcpStream::from_std(handed.stream) {
-                Ok(stream) => serve(stream, handed.remote, handed.live),
+                Ok(stream) => serve(stream, handed.remote, handed.tls, handed.live),
                 Err(e) => warn!(error = %e, "could not take over a connection from another worker"),
             },
-            accepted = listener.accept() => match accepted {
-                Ok((stream, remote)) => {
-                    // Small answers should leave at once, not wait for Nagle.
-                    let _ = stream.set_nodelay(true);
-                    match place.balance.place(place.index) {
-                        Placed::Here(live) => serve(stream, remote, live),
-                        Placed::There(to, live) => match stream.into_std() {
-                            Ok(stream) => place.balance.hand_over(to, Handed { stream, remote, live }),
-                            Err(e) => warn!(error = %e, "could not hand a connection to another worker"),
-                        },
-                    }
-                }
-                Err(e) => {
-                    // Accept errors are about one connection or a passing shortage (EMFILE);
-                    // a pause lets descriptors free up instead of spinning.
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+            accepted = listener.accept() => {
+                place_accepted(&place.balance, place.index, accepted, false, &serve).await;
+            }
+            accepted = accept_on(tls.as_ref().map(|(listener, _)| listener)) => {
+                place_accepted(&place.balance, place.index, accepted, true, &serve).await;
             }
         }
     }
-    // Closing the listener now means new connections are refused, not left hanging.
+    // Closing the listeners now means new connections are refused, not left hanging.
     drop(listener);
+    drop(tls);
     worker.tasks.close();
     worker.tasks.wait().await;
+}
+
+/// The next connection on `listener`; never, if there is none.
+async fn accept_on(listener: Option<&TcpListener>) -> io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Serves a connection one of the listeners accepted here, or hands it to a worker with
+/// fewer connections.
+async fn place_accepted(
+    balance: &Arc<Balance>,
+    index: usize,
+    accepted: io::Result<(TcpStream, SocketAddr)>,
+    tls: bool,
+    serve: &impl Fn(TcpStream, SocketAddr, bool, Live),
+) {
+    match accepted {
+        Ok((stream, remote)) => {
+            // Small answers should leave at once, not wait for Nagle.
+            let _ = stream.set_nodelay(true);
+            match balance.place(index) {
+                Placed::Here(live) => serve(stream, remote, tls, live),
+                Placed::There(to, live) => match stream.into_std() {
+                    Ok(stream) => balance.hand_over(
+                        to,
+                        Handed {
+                            stream,
+                            remote,
+                            tls,
+                            live,
+                        },
+                    ),
+                    Err(e) => warn!(error = %e, "could not hand a connection to another worker"),
+                },
+            }
+        }
+        Err(e) => {
+            // Accept errors are about one connection or a passing shortage (EMFILE); a pause
+            // lets descriptors free up instead of spinning.
+            warn!(error = %e, "accept failed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 /// The client address as `X-Forwarded-For` gives it (IPv4-mapped IPv6 shown as IPv4).
@@ -237,14 +319,15 @@ fn client_ip_value(remote: SocketAddr) -> http::HeaderValue {
         .unwrap_or_else(|_| http::HeaderValue::from_static("unknown"))
 }
 
-/// Serves one downstream connection, HTTP/1.1 or HTTP/2 (prior knowledge), until it closes
-/// or shutdown ends it.
+/// Serves one downstream connection, HTTP/1.1 or HTTP/2 (prior knowledge, or chosen by ALPN
+/// over TLS), until it closes or shutdown ends it. `secure`: it came over TLS.
 async fn serve_connection<IO>(
     shared: Arc<Shared>,
     protocols: Arc<Protocols>,
     worker: Arc<Worker>,
     mut io: IO,
     remote: SocketAddr,
+    secure: bool,
     stop: Stop,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -273,7 +356,15 @@ async fn serve_connection<IO>(
     let prefix = if http2 {
         prefix.freeze()
     } else {
-        let relayed = relay::serve(&mut io, prefix, &shared, &worker, remote, &stop.drain);
+        let relayed = relay::serve(
+            &mut io,
+            prefix,
+            &shared,
+            &worker,
+            remote,
+            secure,
+            &stop.drain,
+        );
         let ended = tokio::select! {
             ended = relayed => ended,
             () = stop.abort.cancelled() => return,
@@ -293,6 +384,7 @@ async fn serve_connection<IO>(
         remote,
         client_ip: client_ip_value(remote),
         http2,
+        secure,
         framing,
         requests: AtomicU64::new(0),
     });

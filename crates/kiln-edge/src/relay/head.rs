@@ -49,9 +49,22 @@ pub(crate) struct Plain {
     pub(crate) accept: Option<HeaderValue>,
 }
 
+/// The downstream connection as the `X-Forwarded-*` headers describe it.
+pub(crate) struct Downstream {
+    /// The peer's address, for `X-Forwarded-For`.
+    pub(crate) ip: String,
+    /// It came over TLS (`X-Forwarded-Proto: https`).
+    pub(crate) secure: bool,
+}
+
 /// Reads the request at the start of `buf` and, if it is plain, writes its upstream form
-/// (head and body) to `out`. `client_ip` is the downstream peer for `X-Forwarded-For`.
-pub(crate) fn request(buf: &[u8], max_head: usize, client_ip: &str, out: &mut Vec<u8>) -> Request {
+/// (head and body) to `out`.
+pub(crate) fn request(
+    buf: &[u8],
+    max_head: usize,
+    downstream: &Downstream,
+    out: &mut Vec<u8>,
+) -> Request {
     let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut []);
     let head_len = match parsed.parse_with_uninit_headers(buf, &mut headers) {
@@ -140,8 +153,12 @@ pub(crate) fn request(buf: &[u8], max_head: usize, client_ip: &str, out: &mut Ve
         out.extend_from_slice(previous.as_bytes());
         out.extend_from_slice(b", ");
     }
-    out.extend_from_slice(client_ip.as_bytes());
-    out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
+    out.extend_from_slice(downstream.ip.as_bytes());
+    out.extend_from_slice(if downstream.secure {
+        b"\r\nx-forwarded-proto: https\r\n"
+    } else {
+        b"\r\nx-forwarded-proto: http\r\n"
+    });
     push_header(out, b"x-forwarded-host", host_value);
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(&buf[head_len..len]);
@@ -365,9 +382,16 @@ fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
 mod tests {
     use super::*;
 
+    fn client() -> Downstream {
+        Downstream {
+            ip: "10.0.0.9".to_owned(),
+            secure: false,
+        }
+    }
+
     fn plain(raw: &str) -> (Plain, String) {
         let mut out = Vec::new();
-        match request(raw.as_bytes(), 32 << 10, "10.0.0.9", &mut out) {
+        match request(raw.as_bytes(), 32 << 10, &client(), &mut out) {
             Request::Plain(p) => (p, String::from_utf8(out).expect("utf-8")),
             other => panic!("not plain: {other:?}"),
         }
@@ -375,7 +399,7 @@ mod tests {
 
     fn kind(raw: &str) -> &'static str {
         let mut out = Vec::new();
-        match request(raw.as_bytes(), 1024, "10.0.0.9", &mut out) {
+        match request(raw.as_bytes(), 1024, &client(), &mut out) {
             Request::PartialHead => "partial head",
             Request::PartialBody => "partial body",
             Request::Plain(_) => "plain",

@@ -69,13 +69,17 @@ pub(crate) async fn serve<IO>(
     shared: &Shared,
     worker: &Worker,
     remote: SocketAddr,
+    secure: bool,
     drain: &CancellationToken,
 ) -> Ended
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
     let config = &shared.config;
-    let client_ip = remote.ip().to_canonical().to_string();
+    let downstream = head::Downstream {
+        ip: remote.ip().to_canonical().to_string(),
+        secure,
+    };
     let mut scratch = Scratch {
         request: Vec::new(),
         answer: BytesMut::new(),
@@ -95,7 +99,7 @@ where
             match head::request(
                 &buf,
                 config.max_header_bytes,
-                &client_ip,
+                &downstream,
                 &mut scratch.request,
             ) {
                 head::Request::Plain(plain) => break plain,

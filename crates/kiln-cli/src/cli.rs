@@ -28,14 +28,7 @@ pub enum Command {
     /// Start the whole platform in this process on the embedded defaults.
     Up(UpArgs),
     /// Run an edge as its own process, following the control plane's routes (operator token).
-    Edge {
-        /// Address end users connect to.
-        #[arg(long, env = "KILN_EDGE_HTTP_ADDR", default_value = "127.0.0.1:8080")]
-        listen: std::net::SocketAddr,
-        /// Pin each worker thread to its own CPU (for a node that runs the edge alone).
-        #[arg(long, env = "KILN_EDGE_PIN_WORKERS")]
-        pin_workers: bool,
-    },
+    Edge(EdgeArgs),
     /// Remember an API URL and token for later commands.
     Login {
         /// API URL, e.g. http://127.0.0.1:7070.
@@ -183,6 +176,30 @@ pub enum BucketCommand {
         #[arg(long, default_value_t = 3600)]
         expires: u64,
     },
+}
+
+/// `kiln edge`.
+#[derive(Debug, Args)]
+pub struct EdgeArgs {
+    /// Address end users connect to.
+    #[arg(long, env = "KILN_EDGE_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub listen: std::net::SocketAddr,
+    /// Pin each worker thread to its own CPU (for a node that runs the edge alone).
+    #[arg(long, env = "KILN_EDGE_PIN_WORKERS")]
+    pub pin_workers: bool,
+    /// Also serve HTTPS here.
+    #[arg(long, env = "KILN_EDGE_HTTPS_ADDR")]
+    pub https_listen: Option<std::net::SocketAddr>,
+    /// Certificate chain (PEM) served for the names it covers.
+    #[arg(long, env = "KILN_EDGE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// Private key (PEM) of `--tls-cert`.
+    #[arg(long, env = "KILN_EDGE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// Directory of the local certificate authority that signs served names no
+    /// certificate covers (made on first use; copy it between edges to share one root).
+    #[arg(long, env = "KILN_EDGE_LOCAL_CA_DIR", default_value = "edge-ca")]
+    pub local_ca_dir: std::path::PathBuf,
 }
 
 /// `kiln up`.

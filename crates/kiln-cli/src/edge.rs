@@ -7,21 +7,21 @@ use std::time::Duration;
 
 use anyhow::Context;
 use kiln_api::Client;
+use kiln_control::config::TlsFiles;
 use kiln_edge::{Edge, EdgeConfig, RouteTable, Routes};
 use tokio_util::sync::CancellationToken;
+
+use crate::cli::EdgeArgs;
 
 /// How long one long-poll may wait for a change.
 const POLL_WAIT_S: u64 = 30;
 /// Longest pause between retries when the API does not answer.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
-/// Serves end users on `listen` until SIGINT or SIGTERM; `pin_workers` pins each worker
-/// thread to its own CPU.
-pub async fn run(client: Client, listen: SocketAddr, pin_workers: bool) -> anyhow::Result<()> {
+/// Serves end users on the addresses in `args` until SIGINT or SIGTERM.
+pub async fn run(client: Client, args: EdgeArgs) -> anyhow::Result<()> {
     crate::logging::init();
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("bind the edge address {listen}"))?;
+    let listener = bind(args.listen).await?;
     let routes = Routes::default();
     let shutdown = CancellationToken::new();
     tokio::spawn(follow(client, routes.clone(), shutdown.clone()));
@@ -32,13 +32,29 @@ pub async fn run(client: Client, listen: SocketAddr, pin_workers: bool) -> anyho
         stop.cancel();
     });
     let config = EdgeConfig {
-        pin_workers,
+        pin_workers: args.pin_workers,
         ..EdgeConfig::default()
     };
-    Edge::new(config, routes)
-        .serve(listener, async move { shutdown.cancelled().await })
+    let mut edge = Edge::new(config, routes);
+    if let Some(addr) = args.https_listen {
+        let files = match (args.tls_cert, args.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            _ => None,
+        };
+        let tls = kiln_control::edge_tls::load(files.as_ref(), &args.local_ca_dir)?;
+        let listener = bind(addr).await?;
+        println!("edge listening for HTTPS on {}", listener.local_addr()?);
+        edge = edge.with_tls(listener, tls)?;
+    }
+    edge.serve(listener, async move { shutdown.cancelled().await })
         .await
         .context("serve the edge")
+}
+
+async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("bind the edge address {addr}"))
 }
 
 /// Applies every new route set the control plane publishes.

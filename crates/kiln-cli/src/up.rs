@@ -37,10 +37,20 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     println!("API      {api_url}");
     println!("API docs {api_url}/v1/openapi.json");
     println!(
-        "apps     http://<app>.{}:{}",
-        config.base_domain,
-        config.edge_http_addr.port()
+        "apps     {}",
+        config.app_url(&format!("<app>.{}", config.base_domain))
     );
+    println!("HTTPS    {} (edge)", platform.edge_https_addr);
+    if config.edge_tls.is_none() {
+        println!(
+            "         certificates from the local authority: trust {}",
+            config
+                .data_dir
+                .join(kiln_control::edge_tls::LOCAL_CA_DIR)
+                .join("ca.pem")
+                .display()
+        );
+    }
     println!("CLI configured in {}", profile_path.display());
 
     let shutdown = CancellationToken::new();

@@ -15,7 +15,7 @@ use kiln_api::Client;
 use kiln_api::apps::AppConfig;
 use kiln_api::orgs::{Brand, OrgConfig, OrgUpdate};
 use kiln_api::sandboxes::{ExecConfig, ProcessConfig, SandboxConfig};
-use kiln_testkit::{Kiln, edge_client, problem};
+use kiln_testkit::{Kiln, edge_client, edge_tls_client, problem};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -190,6 +190,26 @@ async fn previews_and_the_edge() {
     );
     let shown = kiln.cli(&["apps", "show", "web"]);
     assert!(String::from_utf8_lossy(&shown.stdout).contains(&url));
+
+    // --- the same preview over HTTPS: a certificate from the local authority, HTTP/2 by ALPN
+    let root = std::fs::read(kiln.data_dir().join("edge-ca/ca.pem")).expect("the local root");
+    let secure = edge_tls_client(kiln.edge_https_addr(), &root).expect("a TLS client");
+    let https_url = format!(
+        "https://web.sandbox.localhost:{}/secure",
+        kiln.edge_https_addr().port()
+    );
+    let answer = secure
+        .get(&https_url)
+        .send()
+        .await
+        .expect("HTTPS through the edge");
+    assert_eq!(answer.version(), reqwest::Version::HTTP_2);
+    let proto = answer.headers().get("x-seen-forwarded-proto").cloned();
+    assert_eq!(proto.as_ref().and_then(|v| v.to_str().ok()), Some("https"));
+    assert_eq!(
+        answer.text().await.expect("body"),
+        "hello from v1 at /secure\n"
+    );
 
     // --- WebSocket echo and a streamed body through the preview -------------------------
     let stream = tokio::net::TcpStream::connect(edge)
@@ -440,9 +460,19 @@ async fn previews_and_the_edge() {
     assert!(String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 400"));
 
     // --- the edge as its own process follows the same routes ------------------------------
-    let own_port = kiln_testkit::free_port();
+    let (own_port, own_tls_port) = (kiln_testkit::free_port(), kiln_testkit::free_port());
+    // It shares the platform's local authority, so clients keep one root for both edges.
+    let ca_dir = kiln.data_dir().join("edge-ca");
     let _edge = kiln
-        .cli_process(&["edge", "--listen", &format!("127.0.0.1:{own_port}")])
+        .cli_process(&[
+            "edge",
+            "--listen",
+            &format!("127.0.0.1:{own_port}"),
+            "--https-listen",
+            &format!("127.0.0.1:{own_tls_port}"),
+            "--local-ca-dir",
+            &ca_dir.display().to_string(),
+        ])
         .expect("kiln edge starts");
     let own_addr = SocketAddr::from(([127, 0, 0, 1], own_port));
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -455,6 +485,21 @@ async fn previews_and_the_edge() {
     assert!(
         until_ok(&own, &format!("{own_url}/via-own-edge"))
             .await
+            .starts_with("hello from v3")
+    );
+    let own_secure = edge_tls_client(SocketAddr::from(([127, 0, 0, 1], own_tls_port)), &root)
+        .expect("a TLS client");
+    let own_https = format!("https://web.sandbox.localhost:{own_tls_port}/via-own-edge");
+    let answer = own_secure
+        .get(&own_https)
+        .send()
+        .await
+        .expect("HTTPS through kiln edge");
+    assert!(
+        answer
+            .text()
+            .await
+            .expect("body")
             .starts_with("hello from v3")
     );
     clinic_api

@@ -20,6 +20,11 @@ pub struct RawConfig {
     pub edge_https_addr: Option<String>,
     /// Pin each edge worker thread to its own CPU.
     pub edge_pin_workers: Option<bool>,
+    /// A certificate chain (PEM) the edge serves for the names it covers, e.g. a wildcard
+    /// for the base domain; app URLs are `https://` when it is set.
+    pub edge_tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `edge_tls_cert`.
+    pub edge_tls_key: Option<PathBuf>,
     /// S3-compatible endpoint listen address.
     pub s3_addr: Option<String>,
     /// The S3 URL handed to clients (presigned URLs), when not `http://{s3_addr}`.
@@ -91,6 +96,15 @@ pub struct RawLimits {
     pub machine_pids_max: Option<u32>,
 }
 
+/// A certificate chain and its key, both PEM files.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The chain, leaf first.
+    pub cert: PathBuf,
+    /// The private key.
+    pub key: PathBuf,
+}
+
 /// Validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -104,6 +118,8 @@ pub struct Config {
     pub edge_https_addr: SocketAddr,
     /// Pin each edge worker thread to its own CPU (for a node that runs the edge alone).
     pub edge_pin_workers: bool,
+    /// The certificate chain and key files the edge serves, when the operator gave them.
+    pub edge_tls: Option<TlsFiles>,
     /// S3 endpoint listen address.
     pub s3_addr: SocketAddr,
     /// The S3 URL handed to clients; `None` means `http://{s3_addr}`.
@@ -178,6 +194,21 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// The URL end users reach `host` at through the edge: `https://` on the HTTPS port when
+    /// the operator gave the edge a certificate, else `http://`; the port is left out when it
+    /// is the scheme's default.
+    pub fn app_url(&self, host: &str) -> String {
+        let (scheme, port, default) = match self.edge_tls {
+            Some(_) => ("https", self.edge_https_addr.port(), 443),
+            None => ("http", self.edge_http_addr.port(), 80),
+        };
+        if port == default {
+            format!("{scheme}://{host}")
+        } else {
+            format!("{scheme}://{host}:{port}")
+        }
+    }
+
     /// Reads the file (if any), applies `KILN_*` variables from `env`, validates.
     pub fn load(
         file: Option<&Path>,
@@ -264,6 +295,28 @@ impl Config {
             Some(v) => parse_bool("KILN_NETWORK_EGRESS", &v)?,
             None => raw.network.egress.unwrap_or(true),
         };
+        let edge_tls = match (
+            env("KILN_EDGE_TLS_CERT")
+                .map(PathBuf::from)
+                .or(raw.edge_tls_cert),
+            env("KILN_EDGE_TLS_KEY")
+                .map(PathBuf::from)
+                .or(raw.edge_tls_key),
+        ) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            (cert, _) => {
+                return Err(ConfigError::Invalid {
+                    name: if cert.is_some() {
+                        "KILN_EDGE_TLS_KEY"
+                    } else {
+                        "KILN_EDGE_TLS_CERT"
+                    },
+                    detail: "the edge's certificate and its key go together; set both or neither"
+                        .into(),
+                });
+            }
+        };
         let edge_pin_workers = match env("KILN_EDGE_PIN_WORKERS") {
             Some(v) => parse_bool("KILN_EDGE_PIN_WORKERS", &v)?,
             None => raw.edge_pin_workers.unwrap_or(false),
@@ -295,6 +348,7 @@ impl Config {
                 "127.0.0.1:8443",
             )?,
             edge_pin_workers,
+            edge_tls,
             s3_addr: addr("KILN_S3_ADDR", raw.s3_addr, "127.0.0.1:7090")?,
             s3_public_url: env("KILN_S3_PUBLIC_URL").or(raw.s3_public_url),
             base_domain,
@@ -413,5 +467,31 @@ mod tests {
             "{err}"
         );
         assert!(toml::from_str::<RawConfig>("apii_addr = \"x\"").is_err());
+    }
+
+    #[test]
+    fn app_urls_are_https_once_the_edge_has_a_certificate() {
+        let plain = Config::from_raw(
+            RawConfig::default(),
+            env_of(&[("KILN_EDGE_HTTP_ADDR", "0.0.0.0:80")]),
+        )
+        .expect("valid config");
+        assert_eq!(plain.app_url("shop.apps.test"), "http://shop.apps.test");
+        let raw: RawConfig = toml::from_str(
+            "edge_https_addr = \"0.0.0.0:8443\"\nedge_tls_cert = \"/c.pem\"\nedge_tls_key = \"/k.pem\"\n",
+        )
+        .expect("valid toml");
+        let secure = Config::from_raw(raw, env_of(&[])).expect("valid config");
+        assert_eq!(
+            secure.app_url("shop.apps.test"),
+            "https://shop.apps.test:8443"
+        );
+
+        let half = Config::from_raw(
+            RawConfig::default(),
+            env_of(&[("KILN_EDGE_TLS_CERT", "/c.pem")]),
+        )
+        .expect_err("a certificate without its key");
+        assert!(half.to_string().contains("KILN_EDGE_TLS_KEY"), "{half}");
     }
 }

@@ -168,6 +168,13 @@ impl Kiln {
             .expect("the edge address was generated as IP:PORT")
     }
 
+    /// Where the edge answers end users over HTTPS.
+    pub fn edge_https_addr(&self) -> std::net::SocketAddr {
+        self.env["KILN_EDGE_HTTPS_ADDR"]
+            .parse()
+            .expect("the edge address was generated as IP:PORT")
+    }
+
     /// The data directory.
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
@@ -283,6 +290,18 @@ pub fn edge_client(edge: std::net::SocketAddr) -> reqwest::Client {
         .timeout(Duration::from_secs(15))
         .build()
         .expect("a reqwest client with a resolver builds")
+}
+
+/// A client for the edge's HTTPS listener that trusts only `root` (PEM) and offers HTTP/2
+/// and HTTP/1.1 by ALPN.
+pub fn edge_tls_client(edge: std::net::SocketAddr, root: &[u8]) -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .dns_resolver(std::sync::Arc::new(ToEdge(edge)))
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(root)?)
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(15))
+        .build()?)
 }
 
 struct ToEdge(std::net::SocketAddr);

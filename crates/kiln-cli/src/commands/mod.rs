@@ -23,10 +23,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let client = || client(cli.api.clone(), cli.token.clone());
     match cli.command {
         Command::Up(args) => crate::up::run(args).await.map(|()| ExitCode::SUCCESS),
-        Command::Edge {
-            listen,
-            pin_workers,
-        } => crate::edge::run(client()?, listen, pin_workers)
+        Command::Edge(args) => crate::edge::run(client()?, args)
             .await
             .map(|()| ExitCode::SUCCESS),
         Command::Login { url, token } => {

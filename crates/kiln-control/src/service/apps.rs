@@ -100,17 +100,12 @@ impl Service {
     async fn app_view(&self, record: AppRecord) -> ApiResult<App> {
         let org = self.store().get_org(&record.org_id).await?;
         let base = &org.base_domain;
-        let port = self.config().edge_http_addr.port();
-        // The edge's own port is part of the URL unless it is the default.
-        let suffix = if port == 80 {
-            String::new()
-        } else {
-            format!(":{port}")
-        };
         Ok(App {
             urls: AppUrls {
-                preview: format!("http://{}.sandbox.{base}{suffix}", record.slug),
-                production: format!("http://{}.{base}{suffix}", record.slug),
+                preview: self
+                    .config()
+                    .app_url(&format!("{}.sandbox.{base}", record.slug)),
+                production: self.config().app_url(&format!("{}.{base}", record.slug)),
             },
             id: record.id,
             org: record.org_id,

@@ -392,14 +392,10 @@ impl Service {
             .get_release(&record.org_id, None, &record.release_id)
             .await
             .map_or_else(|_| "?".to_owned(), |r| format!("v{}", r.version));
-        let port = self.edge_addr().port();
-        let suffix = if port == 80 {
-            String::new()
-        } else {
-            format!(":{port}")
-        };
         Ok(Deployment {
-            url: format!("http://{}.{}{suffix}", app.slug, org.base_domain),
+            url: self
+                .config()
+                .app_url(&format!("{}.{}", app.slug, org.base_domain)),
             id: record.id,
             app: record.app_id,
             release: record.release_id,

@@ -50,12 +50,7 @@ impl Service {
         self.notify_change();
 
         let host = format!("{}.sandbox.{}", app.slug, org.base_domain);
-        let edge_port = self.edge_addr().port();
-        let url = if edge_port == 80 {
-            format!("http://{host}")
-        } else {
-            format!("http://{host}:{edge_port}")
-        };
+        let url = self.config().app_url(&host);
         let wait = wait.map_or(DEFAULT_WAIT, Duration::from_secs).min(MAX_WAIT);
         let deadline = tokio::time::Instant::now() + wait;
         loop {

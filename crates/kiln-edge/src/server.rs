@@ -210,34 +210,18 @@ async fn worker(
         stopping: stop.drain.clone(),
     });
     let serve = |stream: TcpStream, remote: SocketAddr, tls: bool, live: Live| {
-        let shared = Arc::clone(&shared);
-        let protocols = Arc::clone(&protocols);
-        let worker_ = Arc::clone(&worker);
-        let stop = stop.clone();
-        match acceptor.clone().filter(|_| tls) {
-            Some(acceptor) => worker.tasks.spawn(async move {
-                let timeout = shared.config.header_read_timeout;
-                let handshake = tokio::select! {
-                    () = stop.drain.cancelled() => return,
-                    done = tokio::time::timeout(timeout, acceptor.accept(stream)) => done,
-                };
-                match handshake {
-                    Ok(Ok(stream)) => {
-                        serve_connection(shared, protocols, worker_, stream, remote, true, stop)
-                            .await;
-                    }
-                    Ok(Err(e)) => debug!(%remote, error = %e, "TLS handshake failed"),
-                    Err(_elapsed) => {
-                        debug!(%remote, "no TLS handshake within the header read timeout")
-                    }
+        let (shared, protocols, stop) = (Arc::clone(&shared), Arc::clone(&protocols), stop.clone());
+        let own = Arc::clone(&worker);
+        let acceptor = acceptor.clone().filter(|_| tls);
+        worker.tasks.spawn(async move {
+            match acceptor {
+                Some(acceptor) => {
+                    serve_tls(acceptor, shared, protocols, own, stream, remote, stop).await;
                 }
-                drop(live);
-            }),
-            None => worker.tasks.spawn(async move {
-                serve_connection(shared, protocols, worker_, stream, remote, false, stop).await;
-                drop(live);
-            }),
-        };
+                None => serve_connection(shared, protocols, own, stream, remote, false, stop).await,
+            }
+            drop(live);
+        });
     };
     let mut sweep = tokio::time::interval(proxy::UPSTREAM_IDLE_TIMEOUT / 3);
     loop {
@@ -310,6 +294,31 @@ async fn place_accepted(
             warn!(error = %e, "accept failed");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+}
+
+/// Completes the TLS handshake (within the header read timeout, like a request head) and
+/// serves the connection inside it.
+async fn serve_tls(
+    acceptor: TlsAcceptor,
+    shared: Arc<Shared>,
+    protocols: Arc<Protocols>,
+    worker: Arc<Worker>,
+    stream: TcpStream,
+    remote: SocketAddr,
+    stop: Stop,
+) {
+    let timeout = shared.config.header_read_timeout;
+    let handshake = tokio::select! {
+        () = stop.drain.cancelled() => return,
+        done = tokio::time::timeout(timeout, acceptor.accept(stream)) => done,
+    };
+    match handshake {
+        Ok(Ok(stream)) => {
+            serve_connection(shared, protocols, worker, stream, remote, true, stop).await;
+        }
+        Ok(Err(e)) => debug!(%remote, error = %e, "TLS handshake failed"),
+        Err(_elapsed) => debug!(%remote, "no TLS handshake within the header read timeout"),
     }
 }
 

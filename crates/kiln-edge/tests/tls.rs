@@ -100,6 +100,20 @@ async fn start_edge(
     })
 }
 
+/// The edge with only a local issuer (in a temporary directory, returned to keep it), and
+/// the issuer's root in PEM.
+async fn start_with_local_issuer()
+-> Result<(Fixture, String, tempfile::TempDir), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let issuer = LocalIssuer::load_or_create(dir.path())?;
+    let root = issuer.ca_pem().to_owned();
+    let tls = TlsConfig {
+        local_issuer: Some(issuer),
+        ..TlsConfig::default()
+    };
+    Ok((start_edge(tls, test_config()).await?, root, dir))
+}
+
 fn test_config() -> EdgeConfig {
     EdgeConfig {
         workers: 2,
@@ -122,17 +136,7 @@ fn client(root: &str, addr: SocketAddr, hosts: &[&str]) -> reqwest::Result<reqwe
 
 #[tokio::test]
 async fn routed_hosts_answer_over_https_with_http1_and_http2_by_alpn() -> TestResult {
-    let dir = tempfile::tempdir()?;
-    let issuer = LocalIssuer::load_or_create(dir.path())?;
-    let root = issuer.ca_pem().to_owned();
-    let edge = start_edge(
-        TlsConfig {
-            local_issuer: Some(issuer),
-            ..TlsConfig::default()
-        },
-        test_config(),
-    )
-    .await?;
+    let (edge, root, _dir) = start_with_local_issuer().await?;
     let url = format!("https://app.clinic.test:{}/", edge.https.port());
 
     // ALPN offers h2 first, and the edge takes it.
@@ -167,17 +171,7 @@ async fn routed_hosts_answer_over_https_with_http1_and_http2_by_alpn() -> TestRe
 #[tokio::test]
 async fn an_org_host_without_a_route_gets_its_branded_page_and_a_stranger_no_certificate()
 -> TestResult {
-    let dir = tempfile::tempdir()?;
-    let issuer = LocalIssuer::load_or_create(dir.path())?;
-    let root = issuer.ca_pem().to_owned();
-    let edge = start_edge(
-        TlsConfig {
-            local_issuer: Some(issuer),
-            ..TlsConfig::default()
-        },
-        test_config(),
-    )
-    .await?;
+    let (edge, root, _dir) = start_with_local_issuer().await?;
     let client = client(&root, edge.https, &["gone.clinic.test", "stranger.test"])?.build()?;
 
     let page = client
@@ -258,17 +252,7 @@ async fn a_provided_certificate_is_served_for_the_names_it_covers() -> TestResul
 
 #[tokio::test]
 async fn a_client_that_never_finishes_its_handshake_is_cut_off() -> TestResult {
-    let dir = tempfile::tempdir()?;
-    let issuer = LocalIssuer::load_or_create(dir.path())?;
-    let root = issuer.ca_pem().to_owned();
-    let edge = start_edge(
-        TlsConfig {
-            local_issuer: Some(issuer),
-            ..TlsConfig::default()
-        },
-        test_config(),
-    )
-    .await?;
+    let (edge, root, _dir) = start_with_local_issuer().await?;
 
     let mut silent = TcpStream::connect(edge.https).await?;
     let started = Instant::now();

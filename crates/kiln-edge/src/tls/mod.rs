@@ -51,6 +51,9 @@ pub enum TlsError {
     /// The key is not one the TLS stack can sign with, or does not belong to the certificate.
     #[error("the private key cannot be used with this certificate: {0}")]
     Key(#[source] rustls::Error),
+    /// The TLS stack refused its own settings (protocol versions of the crypto provider).
+    #[error("the TLS stack cannot be set up: {0}")]
+    Setup(#[source] rustls::Error),
     /// The first certificate of the chain cannot be parsed.
     #[error("the certificate cannot be parsed: {0}")]
     Certificate(#[source] webpki::Error),
@@ -201,7 +204,7 @@ pub(crate) fn acceptor(config: TlsConfig, routes: Routes) -> Result<TlsAcceptor,
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
-    .map_err(TlsError::Key)?
+    .map_err(TlsError::Setup)?
     .with_no_client_auth()
     .with_cert_resolver(Arc::new(resolver));
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];

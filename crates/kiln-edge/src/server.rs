@@ -17,7 +17,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::TlsAcceptor;
@@ -297,6 +297,16 @@ async fn place_accepted(
     }
 }
 
+/// The first byte of a TLS connection: a handshake record (RFC 8446 §5.1).
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// The answer to plain HTTP sent to the HTTPS port.
+const PLAIN_HTTP_ON_TLS_PORT: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\
+    content-type: text/plain; charset=utf-8\r\n\
+    content-length: 56\r\n\
+    connection: close\r\n\r\n\
+    This port speaks HTTPS: use an https:// address for it.\n";
+
 /// Completes the TLS handshake (within the header read timeout, like a request head) and
 /// serves the connection inside it.
 async fn serve_tls(
@@ -304,22 +314,43 @@ async fn serve_tls(
     shared: Arc<Shared>,
     protocols: Arc<Protocols>,
     worker: Arc<Worker>,
-    stream: TcpStream,
+    mut stream: TcpStream,
     remote: SocketAddr,
     stop: Stop,
 ) {
     let timeout = shared.config.header_read_timeout;
+    let handshake = async {
+        // Plain HTTP sent here gets an answer that says what is wrong, not a bare close.
+        let mut first = [0u8; 1];
+        if stream.peek(&mut first).await? == 1 && first[0] != TLS_HANDSHAKE_RECORD {
+            answer_and_close(&mut stream, PLAIN_HTTP_ON_TLS_PORT).await;
+            return Ok(None);
+        }
+        acceptor.accept(stream).await.map(Some)
+    };
     let handshake = tokio::select! {
         () = stop.drain.cancelled() => return,
-        done = tokio::time::timeout(timeout, acceptor.accept(stream)) => done,
+        done = tokio::time::timeout(timeout, handshake) => done,
     };
     match handshake {
-        Ok(Ok(stream)) => {
+        Ok(Ok(Some(stream))) => {
             serve_connection(shared, protocols, worker, stream, remote, true, stop).await;
         }
+        Ok(Ok(None)) => debug!(%remote, "plain HTTP on the HTTPS port"),
         Ok(Err(e)) => debug!(%remote, error = %e, "TLS handshake failed"),
         Err(_elapsed) => debug!(%remote, "no TLS handshake within the header read timeout"),
     }
+}
+
+/// Writes `answer`, then reads what the client still sends for a moment before closing, so
+/// the close does not reset the connection before the client has read the answer.
+async fn answer_and_close(stream: &mut TcpStream, answer: &[u8]) {
+    if stream.write_all(answer).await.is_err() || stream.shutdown().await.is_err() {
+        return;
+    }
+    let mut sink = [0u8; 4096];
+    let drain = async { while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {} };
+    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
 }
 
 /// The client address as `X-Forwarded-For` gives it (IPv4-mapped IPv6 shown as IPv4).

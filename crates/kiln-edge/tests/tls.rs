@@ -16,7 +16,7 @@ use kiln_edge::{
     Backend, Brand, Certificate, Edge, EdgeConfig, LocalIssuer, OrgSite, Route, RouteKind,
     RouteTable, Routes, TlsConfig, TlsError,
 };
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 
@@ -267,6 +267,24 @@ async fn a_client_that_never_finishes_its_handshake_is_cut_off() -> TestResult {
     let read = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut byte)).await?;
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     assert!(started.elapsed() >= Duration::from_millis(400));
+    Ok(())
+}
+
+#[tokio::test]
+async fn plain_http_on_the_https_port_is_told_to_use_https() -> TestResult {
+    let (edge, _root, _dir) = start_with_local_issuer().await?;
+    let mut plain = TcpStream::connect(edge.https).await?;
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: app.clinic.test\r\n\r\n")
+        .await?;
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(5), plain.read_to_string(&mut answer)).await??;
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert!(
+        answer.ends_with("use an https:// address for it.\n"),
+        "{answer}"
+    );
+    assert!(!answer.to_ascii_lowercase().contains("kiln"), "{answer}");
     Ok(())
 }
 

@@ -1,5 +1,6 @@
-//! HTTPS at the edge: real TLS handshakes from reqwest (rustls) against the edge on loopback,
-//! with certificates from the local issuer or provided ones, HTTP/2 chosen by ALPN.
+//! HTTPS at the edge: real TLS handshakes from reqwest and tokio-tungstenite (rustls) against
+//! the edge on loopback, with certificates from the local issuer or provided ones, HTTP/2
+//! chosen by ALPN, WebSocket upgrades inside TLS.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -7,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
 use http_body_util::Full;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -16,9 +18,12 @@ use kiln_edge::{
     Backend, Brand, Certificate, Edge, EdgeConfig, LocalIssuer, OrgSite, Route, RouteKind,
     RouteTable, Routes, TlsConfig, TlsError,
 };
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::Message;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -51,8 +56,29 @@ async fn start_upstream() -> std::io::Result<SocketAddr> {
     Ok(addr)
 }
 
-/// The edge with a plain and a TLS listener; `app.clinic.test` is routed, `clinic.test` is
-/// the org's base domain.
+/// A WebSocket server that echoes every text or binary message.
+async fn start_ws_upstream() -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// The edge with a plain and a TLS listener; `app.clinic.test` and `www.shop.test` lead to
+/// the app, `ws.clinic.test` to a WebSocket echo, and `clinic.test` is the org's base domain.
 struct Fixture {
     http: SocketAddr,
     https: SocketAddr,
@@ -64,21 +90,26 @@ async fn start_edge(
     config: EdgeConfig,
 ) -> Result<Fixture, Box<dyn std::error::Error>> {
     let upstream = start_upstream().await?;
+    let ws_upstream = start_ws_upstream().await?;
     let brand = Arc::new(Brand {
         name: "Clinic Cloud".into(),
         primary_color: Some(BRAND_COLOR.into()),
         logo_url: None,
         support_url: None,
     });
-    let route = |host: &str| Route {
+    let route = |host: &str, to: SocketAddr| Route {
         host: host.into(),
         kind: RouteKind::Production,
         org_id: "org_clinic".into(),
         brand: Arc::clone(&brand),
-        backend: Backend::Ready(vec![upstream]),
+        backend: Backend::Ready(vec![to]),
     };
     let routes = Routes::new(RouteTable::new(
-        [route("app.clinic.test"), route("www.shop.test")],
+        [
+            route("app.clinic.test", upstream),
+            route("www.shop.test", upstream),
+            route("ws.clinic.test", ws_upstream),
+        ],
         [OrgSite {
             org_id: "org_clinic".into(),
             base_domain: "clinic.test".into(),
@@ -165,6 +196,33 @@ async fn routed_hosts_answer_over_https_with_http1_and_http2_by_alpn() -> TestRe
         .send()
         .await?;
     assert_eq!(answer.text().await?, "proto=http");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_websocket_upgrades_over_tls() -> TestResult {
+    let (edge, root, _dir) = start_with_local_issuer().await?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(root.as_bytes())?)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    // Browsers open WebSockets over HTTP/1.1.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = TcpStream::connect(edge.https).await?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("ws.clinic.test")?, tcp)
+        .await?;
+    let url = format!("wss://ws.clinic.test:{}/socket", edge.https.port());
+    let (mut ws, response) = tokio_tungstenite::client_async(url, tls).await?;
+    assert_eq!(response.status(), 101);
+    for text in ["over tls", "and again"] {
+        ws.send(Message::text(text)).await?;
+        let echoed = ws.next().await.ok_or("the socket closed")??;
+        assert_eq!(echoed.into_text()?.as_str(), text);
+    }
     Ok(())
 }
 

@@ -6,6 +6,9 @@
 # 1-thread edge; nginx runs with one worker and, like the 2-thread edge, with one per core. The
 # 2-thread edge also runs with each worker pinned to a core (`KILN_EDGE_PIN_WORKERS`). Each row
 # also gives the CPU time its proxy spent per request.
+# Over TLS (HTTP/1.1 kept alive, one ECDSA P-256 certificate made here with openssl), the
+# 1-thread edge and nginx's one worker are measured too, in the same rounds, and compared in a
+# table of their own.
 # Then one more run of the 2-thread edge while a brand-new 1,001-route table is published
 # BENCH_CHURN times a second (`kiln-edge-bench --churn`): its figures, failed requests and the
 # achieved publish rate are printed beside the plain run's, and the script exits non-zero if any
@@ -17,8 +20,8 @@
 # run as foreground processes with temporary configs; no system service is enabled or started.
 #
 # Environment: BENCH_DURATION (8s), BENCH_CONNECTIONS (32), BENCH_ROUNDS (3; medians shown),
-# BENCH_NGINX_PORT (18481), BENCH_CADDY_PORT (18482; the next two ports go to caddy on one core
-# and nginx per core), BENCH_CHURN (1000 tables/s), CARGO_TARGET_DIR.
+# BENCH_NGINX_PORT (18481), BENCH_CADDY_PORT (18482; the next three ports go to caddy on one
+# core, nginx per core and nginx over TLS), BENCH_CHURN (1000 tables/s), CARGO_TARGET_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +32,7 @@ nginx_port="${BENCH_NGINX_PORT:-18481}"
 caddy_port="${BENCH_CADDY_PORT:-18482}"
 caddy1_port=$((caddy_port + 1))
 nginx_all_port=$((caddy_port + 2))
+nginx_tls_port=$((caddy_port + 3))
 churn_rate="${BENCH_CHURN:-1000}"
 host="bench.test"
 
@@ -72,7 +76,7 @@ cleanup() {
 trap cleanup EXIT
 
 port_free() { ! ss -Htln "sport = :$1" | grep -q .; }
-for port in "$nginx_port" "$caddy_port" "$caddy1_port" "$nginx_all_port"; do
+for port in "$nginx_port" "$caddy_port" "$caddy1_port" "$nginx_all_port" "$nginx_tls_port"; do
     port_free "$port" || { echo "port $port is in use; set BENCH_NGINX_PORT/BENCH_CADDY_PORT" >&2; exit 1; }
 done
 
@@ -103,10 +107,17 @@ edge2="$(addr_of "$tmp/edge2.out" edge)"
 pids+=($!)
 edge2p_pid=$!
 edge2p="$(addr_of "$tmp/edge2p.out" edge)"
-"$bench_bin" --edge-threads 1 --upstream "$upstream" >"$tmp/edge1.out" 2>"$tmp/edge1.err" &
+# One certificate for the TLS rows, served by the 1-thread edge and by nginx's one worker.
+mkdir -p "$tmp/tls"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
+    -subj "/CN=$host" -addext "subjectAltName=DNS:$host" \
+    -keyout "$tmp/tls/key.pem" -out "$tmp/tls/cert.pem" 2>/dev/null
+"$bench_bin" --edge-threads 1 --upstream "$upstream" \
+    --tls-cert "$tmp/tls/cert.pem" --tls-key "$tmp/tls/key.pem" >"$tmp/edge1.out" 2>"$tmp/edge1.err" &
 pids+=($!)
 edge1_pid=$!
 edge1="$(addr_of "$tmp/edge1.out" edge)"
+edge1_tls="$(addr_of "$tmp/edge1.out" edge-tls)"
 
 # --- nginx: one worker, keep-alive to the upstream ----------------------------------------------
 # It sends the upstream what the edge and caddy send: the client's Host and the X-Forwarded-*
@@ -129,6 +140,9 @@ http {
     upstream app { server $upstream; keepalive 64; }
     server {
         listen 127.0.0.1:$nginx_port;
+        listen 127.0.0.1:$nginx_tls_port ssl;
+        ssl_certificate $tmp/tls/cert.pem;
+        ssl_certificate_key $tmp/tls/key.pem;
         location / {
             proxy_pass http://app;
             proxy_http_version 1.1;
@@ -146,6 +160,7 @@ pids+=($!)
 # The same nginx with a worker per core (`worker_processes auto`, as Debian installs it).
 mkdir -p "$tmp/nginx-all"
 sed -e "s|$tmp/nginx/|$tmp/nginx-all/|g" -e "s|^worker_processes 1;|worker_processes auto;|" \
+    -e "/ssl/d" \
     -e "s|127.0.0.1:$nginx_port;|127.0.0.1:$nginx_all_port;|" \
     "$tmp/nginx/nginx.conf" >"$tmp/nginx-all/nginx.conf"
 nginx -e "$tmp/nginx-all/error.log" -p "$tmp/nginx-all" -c "$tmp/nginx-all/nginx.conf" &
@@ -181,7 +196,7 @@ caddy1_pid=$!
 wait_http() { # url expected-body
     local body=""
     for _ in $(seq 100); do
-        if body="$(curl -fs -H "Host: $host" "$1" 2>/dev/null)"; then
+        if body="$(curl -fsk -H "Host: $host" "$1" 2>/dev/null)"; then
             [[ "$body" == "$2" ]] && return
             echo "$1 answered ${#body} bytes that are not the upstream's body: '$body'" >&2
             exit 1
@@ -197,7 +212,7 @@ upstream_body="$(curl -fs "http://$upstream/")"
 for url in "http://$edge2/" "http://$edge2p/" "http://$edge1/" \
     "http://127.0.0.1:$nginx_port/" "http://127.0.0.1:$nginx_all_port/" \
     "http://127.0.0.1:$caddy_port/" \
-    "http://127.0.0.1:$caddy1_port/"; do
+    "http://127.0.0.1:$caddy1_port/" "https://$edge1_tls/" "https://127.0.0.1:$nginx_tls_port/"; do
     wait_http "$url" "$upstream_body"
 done
 nginx_workers="$(pgrep -P "$(cat "$tmp/nginx/nginx.pid")" | tr '\n' ' ')"
@@ -263,14 +278,18 @@ urls=("http://$upstream/" "http://$edge2/" "http://$edge2p/" "http://$edge1/"
     "http://127.0.0.1:$caddy_port/" "http://127.0.0.1:$caddy1_port/")
 procs=("$upstream_pid" "$edge2_pid" "$edge2p_pid" "$edge1_pid" "$nginx_workers"
     "$nginx_all_workers" "$caddy_pid" "$caddy1_pid")
+tls_names=("kiln 1 thr, TLS" "nginx 1w, TLS")
+measured=("${names[@]}" "${tls_names[@]}")
+urls+=("https://$edge1_tls/" "https://127.0.0.1:$nginx_tls_port/")
+procs+=("$edge1_pid" "$nginx_workers")
 for round in $(seq "$rounds"); do
     echo "round $round of $rounds" >&2
-    for i in "${!names[@]}"; do
+    for i in "${!measured[@]}"; do
         # shellcheck disable=SC2086 # nginx may have several worker pids
-        run "${names[$i]}" "${urls[$i]}" ${procs[$i]}
+        run "${measured[$i]}" "${urls[$i]}" ${procs[$i]}
     done
 done
-for name in "${names[@]}"; do
+for name in "${measured[@]}"; do
     echo "$name: req/s${rps[$name]}" >&2
     rps[$name]="$(median <<<"${rps[$name]}")"
     p50[$name]="$(median <<<"${p50[$name]}")"
@@ -301,6 +320,17 @@ echo
 echo "CPU us/req: user + system time of the proxy's own processes (all threads) per request served"
 echo "in the measured run (the upstream row: the upstream's); it does not depend on how the cores"
 echo "were shared, so it is the steadiest column on a busy machine."
+echo
+echo "over TLS: HTTP/1.1 on kept-alive connections, one ECDSA P-256 certificate, same rounds"
+echo
+printf '| %-18s | %8s | %8s | %8s | %11s | %14s |\n' target req/s "p50 ms" "p99 ms" "CPU us/req" \
+    "/ nginx 1w TLS"
+printf '|%s|%s|%s|%s|%s|%s|\n' -------------------- ---------- ---------- ---------- ------------- \
+    ----------------
+for name in "${tls_names[@]}"; do
+    printf '| %-18s | %8s | %8s | %8s | %11s | %14s |\n' "$name" "${rps[$name]}" "${p50[$name]}" \
+        "${p99[$name]}" "${cpu[$name]}" "$(ratio "${rps[$name]}" "${rps[nginx 1w, TLS]}")"
+done
 
 # --- under route churn ------------------------------------------------------------------------
 # The 2-thread edge again, in front of the same upstream, while it publishes a brand-new table

@@ -7,7 +7,8 @@
 //! Options: `--edge-threads N` (edge workers, default 2), `--pin` (pin each worker to a CPU),
 //! `--upstream ADDR` (use a running upstream instead of starting one), `--host NAME` (the routed
 //! host, default `bench.test`), `--churn N` (publish a brand-new route table N times per second
-//! while serving, see [`churn`]; default 0, off).
+//! while serving, see [`churn`]; default 0, off), `--tls-cert FILE --tls-key FILE` (also serve
+//! HTTPS with that certificate, printing `edge-tls ADDR` before `edge ADDR`).
 
 #![forbid(unsafe_code)]
 
@@ -25,7 +26,9 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use kiln_edge::{Backend, Brand, Edge, EdgeConfig, Route, RouteKind, RouteTable, Routes};
+use kiln_edge::{
+    Backend, Brand, Certificate, Edge, EdgeConfig, Route, RouteKind, RouteTable, Routes, TlsConfig,
+};
 
 /// The same allocator as the `kiln` binary, so the figures are the edge's.
 #[global_allocator]
@@ -37,6 +40,8 @@ struct Options {
     upstream: Option<SocketAddr>,
     host: String,
     churn: u32,
+    tls_cert: Option<std::path::PathBuf>,
+    tls_key: Option<std::path::PathBuf>,
 }
 
 fn parse_options() -> Result<Options, Box<dyn Error>> {
@@ -46,6 +51,8 @@ fn parse_options() -> Result<Options, Box<dyn Error>> {
         upstream: None,
         host: "bench.test".to_owned(),
         churn: 0,
+        tls_cert: None,
+        tls_key: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -56,6 +63,8 @@ fn parse_options() -> Result<Options, Box<dyn Error>> {
             "--upstream" => options.upstream = Some(value()?.parse()?),
             "--host" => options.host = value()?,
             "--churn" => options.churn = value()?.parse()?,
+            "--tls-cert" => options.tls_cert = Some(value()?.into()),
+            "--tls-key" => options.tls_key = Some(value()?.into()),
             other => return Err(format!("unknown option {other}").into()),
         }
     }
@@ -100,21 +109,36 @@ fn main() -> Result<(), Box<dyn Error>> {
             )
         }
     };
+    let tls = match (&options.tls_cert, &options.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsConfig {
+            certificates: vec![Certificate::from_pem(
+                &std::fs::read(cert)?,
+                &std::fs::read(key)?,
+            )?],
+            local_issuer: None,
+        }),
+        (None, None) => None,
+        _ => return Err("--tls-cert and --tls-key go together".into()),
+    };
     let served = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let edge_addr = listener.local_addr()?;
-        {
-            let mut out = std::io::stdout().lock();
-            writeln!(out, "upstream {upstream}")?;
-            writeln!(out, "edge {edge_addr}")?;
-            out.flush()?;
-        }
         let config = EdgeConfig {
             workers: options.edge_threads,
             pin_workers: options.pin,
             ..EdgeConfig::default()
         };
-        let edge = Edge::new(config, routes);
+        let mut edge = Edge::new(config, routes);
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "upstream {upstream}")?;
+        if let Some(tls) = tls {
+            let tls_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            writeln!(out, "edge-tls {}", tls_listener.local_addr()?)?;
+            edge = edge.with_tls(tls_listener, tls)?;
+        }
+        writeln!(out, "edge {edge_addr}")?;
+        out.flush()?;
+        drop(out);
         edge.serve(listener, async {
             let _ = tokio::signal::ctrl_c().await;
         })
